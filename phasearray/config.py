@@ -1,0 +1,441 @@
+"""Pipelines: the validated, frozen description of a sweep.
+
+A pipeline is a YAML file with the sections ``model``, ``data``, ``grid``,
+``train``, ``record`` and ``engine``. It is read once, at the boundary, into
+frozen pydantic models; every later piece trusts it. A bad value raises
+:class:`~phasearray.errors.ConfigError` naming the field by its dotted path,
+echoing the value and saying what is allowed.
+
+pydantic is used rather than hand-written dataclass checks because it already
+reports the location and the input of every violation, forbids unknown keys
+and keeps models immutable; phasearray only rewords its messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "ACTIVATIONS",
+    "DTYPES",
+    "ENGINES",
+    "SCHEDULES",
+    "Pipeline",
+    "load_pipeline",
+    "named_pipelines",
+    "parse_pipeline",
+]
+
+logger = logging.getLogger(__name__)
+
+ACTIVATIONS = ("tanh", "relu", "identity")
+SCHEDULES = ("sequential", "shuffle", "iid")
+DTYPES = ("float64", "float32")
+ENGINES = ("auto", "numpy", "numba", "cupy", "cupy-fused")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _expand_axis(value: Any) -> Any:
+    """Turn ``{log2: [a, b]}`` into ``[2**a, ..., 2**b]``; leave lists alone."""
+    if isinstance(value, Mapping) and set(value) == {"log2"}:
+        bounds = value["log2"]
+        if (
+            not isinstance(bounds, list)
+            or len(bounds) != 2
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+            or bounds[0] > bounds[1]
+        ):
+            raise ValueError(
+                f"log2 range must be two integers [first, last] with first <= last, "
+                f"got {bounds!r}"
+            )
+        return [float(2.0**k) for k in range(bounds[0], bounds[1] + 1)]
+    return value
+
+
+class Model(_Section):
+    """Network shape: widths (n0, n1, n2, n3), activation, trainable layers."""
+
+    widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (3, 32, 16, 1)
+    activation: Literal["tanh", "relu", "identity"] = "tanh"
+    trainable: tuple[Literal["W2"], ...] = ("W2",)
+
+    @field_validator("widths", "trainable", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("widths", mode="before")
+    @classmethod
+    def _four_widths(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) != 4:
+            raise ValueError(
+                f"needs exactly 4 widths [n0, n1, n2, n3] (two hidden layers), "
+                f"got {len(value)}"
+            )
+        return value
+
+
+class Data(_Section):
+    """Teacher inputs x ~ N(0, I_n0): sizes of the training and test sets."""
+
+    source: Literal["gaussian"] = "gaussian"
+    n_train: PositiveInt = 4000
+    n_test: PositiveInt = 128
+
+
+class Grid(_Section):
+    """The (T, sigma_W, seed) grid; ``{log2: [a, b]}`` expands to powers of two."""
+
+    T: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...]
+    sigma_W: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...]
+    seeds: PositiveInt = 8
+    first_seed: Annotated[int, Field(ge=0)] = 0
+    fresh_teachers: bool = False
+
+    @field_validator("T", "sigma_W", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        value = _expand_axis(value)
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("T", "sigma_W")
+    @classmethod
+    def _nonempty_unique(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("needs at least one value")
+        if len(set(value)) != len(value):
+            raise ValueError(f"values must be distinct, got {list(value)}")
+        return tuple(sorted(value))
+
+
+class Train(_Section):
+    """Plain SGD: batch size, number of steps, minibatch schedule, precision."""
+
+    batch_size: PositiveInt = 4
+    steps: PositiveInt = 100_000
+    schedule: Literal["sequential", "shuffle", "iid"] = "shuffle"
+    dtype: Literal["float64", "float32"] = "float64"
+
+
+class LogCheckpoints(_Section):
+    """About ``log`` log-spaced checkpoints between step 1 and the last step."""
+
+    log: Annotated[int, Field(ge=2, le=10_000)]
+
+
+class Record(_Section):
+    """Checkpoints (steps) and at which of them to keep the full W2."""
+
+    checkpoints: LogCheckpoints | tuple[Annotated[int, Field(ge=0)], ...] = (
+        LogCheckpoints(log=30)
+    )
+    W2: Literal["all", "ends"] | tuple[Annotated[int, Field(ge=0)], ...] = "all"
+
+    @field_validator("checkpoints", "W2", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+
+class Engine(_Section):
+    """Which engine advances the models, and how many train together per block."""
+
+    name: Literal["auto", "numpy", "numba", "cupy", "cupy-fused"] = "auto"
+    block_models: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+
+
+class Pipeline(_Section):
+    """A whole sweep. See ``pipelines/quick.yaml`` for an annotated example.
+
+    Examples
+    --------
+    >>> p = parse_pipeline({"grid": {"T": [0.5], "sigma_W": [1.0], "seeds": 2}})
+    >>> p.train.steps, p.n_models
+    (100000, 2)
+    """
+
+    name: str = "sweep"
+    description: str = ""
+    model: Model = Model()
+    data: Data = Data()
+    grid: Grid
+    train: Train = Train()
+    record: Record = Record()
+    engine: Engine = Engine()
+
+    @property
+    def n_models(self) -> int:
+        return len(self.grid.T) * len(self.grid.sigma_W) * self.grid.seeds
+
+    @property
+    def seeds(self) -> np.ndarray:
+        return self.grid.first_seed + np.arange(self.grid.seeds, dtype=np.int64)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Minibatches per pass over the training set, |D| // |B|."""
+        return self.data.n_train // self.train.batch_size
+
+    @property
+    def checkpoints(self) -> np.ndarray:
+        """Checkpoint steps, ascending, always including 0 and the last step."""
+        spec = self.record.checkpoints
+        if isinstance(spec, LogCheckpoints):
+            return log_checkpoints(self.train.steps, spec.log)
+        return np.asarray(sorted({0, *spec, self.train.steps}), dtype=np.int64)
+
+    @property
+    def W2_checkpoints(self) -> np.ndarray:
+        """Boolean mask over :attr:`checkpoints`: where the full W2 is kept."""
+        t = self.checkpoints
+        spec = self.record.W2
+        if spec == "all":
+            return np.ones(t.size, dtype=bool)
+        if spec == "ends":
+            return (t == 0) | (t == self.train.steps)
+        return np.isin(t, [0, *spec, self.train.steps])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able form with every default filled in."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """Hash of what determines the stored numbers (not name or engine)."""
+        content = self.to_dict()
+        for key in ("name", "description", "engine"):
+            content.pop(key)
+        text = json.dumps(content, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def log_checkpoints(steps: int, n: int) -> np.ndarray:
+    """Roughly ``n`` log-spaced integer steps in [1, steps], plus step 0.
+
+    Parameters
+    ----------
+    steps : int
+        Last step, always included.
+    n : int
+        Number of log-spaced points asked for; duplicates after rounding to
+        integers are dropped, so fewer may come back for small ``steps``.
+
+    Returns
+    -------
+    numpy.ndarray, dims (checkpoint,), int64
+    """
+    points = np.unique(np.rint(np.geomspace(1, steps, n)).astype(np.int64))
+    return np.concatenate([[0], points]).astype(np.int64)
+
+
+# --- reading and validation ----------------------------------------------------
+
+
+def named_pipelines() -> dict[str, Path]:
+    """Pipelines shipped with phasearray, by name (``quick``, ``paper``, ...)."""
+    folder = resources.files("phasearray") / "pipelines"
+    return {
+        Path(str(entry)).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if str(entry).endswith(".yaml")
+    }
+
+
+def load_pipeline(
+    source: str | Path | None = None, overrides: Iterable[str] = ()
+) -> Pipeline:
+    """Read, override and validate a pipeline.
+
+    Parameters
+    ----------
+    source : str or path, optional
+        A YAML file, or the name of a shipped pipeline (``quick``, ``paper``).
+        ``None`` means ``quick``.
+    overrides : iterable of str
+        ``dotted.path=value`` items; the value is read as YAML, so
+        ``grid.T=[0.5, 1.0]`` sets a list and ``train.steps=2000`` an integer.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, or a value is not allowed.
+    """
+    path = _resolve_source(source)
+    raw = _read_yaml(path)
+    for item in overrides:
+        _apply_override(raw, item)
+    pipeline = parse_pipeline(raw)
+    logger.debug("pipeline %s read from %s", pipeline.name, path)
+    return pipeline
+
+
+def parse_pipeline(raw: Any) -> Pipeline:
+    """Validate a mapping (as read from YAML) into a :class:`Pipeline`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"a pipeline must be a mapping of sections, got {type(raw).__name__}: "
+            f"{raw!r:.80}"
+        )
+    try:
+        pipeline = Pipeline.model_validate(dict(raw))
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+    _check_consistency(pipeline)
+    return pipeline
+
+
+def _resolve_source(source: str | Path | None) -> Path:
+    if source is None:
+        source = "quick"
+    path = Path(source)
+    if path.is_file():
+        return path
+    named = named_pipelines()
+    if str(source) in named:
+        return named[str(source)]
+    if path.exists():
+        raise ConfigError(f"pipeline {str(source)!r} is not a file")
+    raise ConfigError(
+        f"pipeline file not found: {str(source)!r}; give a YAML file or one of the "
+        f"shipped pipelines: {', '.join(sorted(named))}"
+    )
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read pipeline {str(path)!r}: {error}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"pipeline {str(path)!r} is not valid YAML: {error}") from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"override {item!r} must look like dotted.path=value, "
+            "e.g. train.steps=2000"
+        )
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {error}") from None
+
+    node = raw
+    parts = key.strip().split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(
+                f"override {item!r}: field {where!r} holds {child!r}, not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per violation: the dotted field, the value, what is allowed."""
+    lines = []
+    for detail in error.errors(include_url=False):
+        loc = [str(part) for part in detail["loc"] if not _is_union_tag(part)]
+        field = ".".join(loc) or "pipeline"
+        if detail["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            lines.append(f"unknown field {field!r}; allowed here: {', '.join(allowed)}")
+            continue
+        if detail["type"] == "missing":
+            lines.append(f"field {field!r} is required")
+            continue
+        value = detail.get("input")
+        lines.append(f"field {field!r}: got {value!r}; {_allowed_text(detail)}")
+    unique = list(dict.fromkeys(lines))
+    return "invalid pipeline:\n  " + "\n  ".join(unique)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names the branch of a union it tried ("LogCheckpoints",
+    # "tuple[...]"); that is noise for a user.
+    return isinstance(part, str) and ("[" in part or part in _UNION_TAGS)
+
+
+_UNION_TAGS = {"LogCheckpoints"}
+
+
+def _allowed_text(detail: Mapping[str, Any]) -> str:
+    message = str(detail["msg"])
+    message = message.replace("Input should be", "must be").replace(
+        "Value error, ", ""
+    )
+    return message
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Pipeline
+    for part in loc:
+        annotation = model.model_fields.get(part)
+        if annotation is None:
+            return []
+        candidate = annotation.annotation
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            model = candidate
+        elif part == "checkpoints":
+            model = LogCheckpoints
+        else:
+            return []
+    return sorted(model.model_fields)
+
+
+def _check_consistency(pipeline: Pipeline) -> None:
+    """Checks that involve more than one field."""
+    train, data, record = pipeline.train, pipeline.data, pipeline.record
+    if train.batch_size > data.n_train:
+        raise ConfigError(
+            f"field 'train.batch_size': got {train.batch_size}; must be at most "
+            f"data.n_train = {data.n_train}"
+        )
+    for field, steps in (("record.checkpoints", record.checkpoints), ("record.W2", record.W2)):
+        if isinstance(steps, tuple):
+            _check_steps(field, steps, train.steps)
+    if isinstance(record.W2, tuple):
+        missing = sorted(set(record.W2) - set(pipeline.checkpoints.tolist()))
+        if missing:
+            raise ConfigError(
+                f"field 'record.W2': got {list(record.W2)}; steps {missing} are not "
+                "checkpoints; W2 can be kept only at checkpoints"
+            )
+
+
+def _check_steps(field: str, steps: tuple[int, ...], last: int) -> None:
+    if list(steps) != sorted(set(steps)):
+        raise ConfigError(
+            f"field {field!r}: got {list(steps)}; must be strictly increasing steps"
+        )
+    if steps and steps[-1] > last:
+        raise ConfigError(
+            f"field {field!r}: got {list(steps)}; steps must lie in [0, train.steps = "
+            f"{last}]"
+        )

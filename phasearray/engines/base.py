@@ -1,0 +1,130 @@
+"""The one interface every engine implements.
+
+An engine advances the middle-layer weights W2 of many students at once by
+plain SGD (SPEC §2):
+
+    W2 ← W2 − (ε / |B|) Σ_{α ∈ B_t} ∇_{W2} ℓ_α,   ℓ_α = ½ Σ_i (y_iα − ŷ_iα)²
+
+with ŷ = W3 φ(W2 φ1(x)). The first layer is frozen, so its features
+φ1 = φ(W1 x) of the training set are computed once per stream and handed in.
+Engines know nothing about xarray, Zarr or observables.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..schedule import StreamKey, batch_indices
+
+__all__ = ["STEP_CHUNK", "Engine", "SGDProblem", "SGDState"]
+
+# Minibatch indices are made on the host this many steps at a time, aligned to
+# multiples of it, so memory stays bounded whatever t1 - t0 is.
+STEP_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class SGDProblem:
+    """What stays fixed while a block of M students trains, on S streams.
+
+    Attributes
+    ----------
+    phi1 : (S, n_train, n1) float64
+        First-layer features φ(W̄1 x) of each stream's training set.
+    y : (S, n_train, n3) float64
+        Teacher targets.
+    W3 : (S, n3, n2) float64
+        Frozen read-out (the teacher's).
+    keys : tuple of S stream keys
+        Keys of the minibatch schedule (see :mod:`phasearray.schedule`).
+    member_stream : (M,) int64
+        Stream of each member.
+    learning_rate : (M,) float64
+        ε of each member (T = ε / |B|).
+    batch_size : int
+    schedule : {"sequential", "shuffle", "iid"}
+    activation : {"tanh", "relu", "identity"}
+    dtype : {"float64", "float32"}
+    """
+
+    phi1: np.ndarray
+    y: np.ndarray
+    W3: np.ndarray
+    keys: tuple[StreamKey, ...]
+    member_stream: np.ndarray
+    learning_rate: np.ndarray
+    batch_size: int
+    schedule: str
+    activation: str
+    dtype: str = "float64"
+
+    @property
+    def n_members(self) -> int:
+        return int(self.member_stream.size)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.phi1.shape[1])
+
+    def indices(self, t0: int, t1: int) -> np.ndarray:
+        """Minibatch indices, dims (stream, step, batch), for steps [t0, t1)."""
+        return batch_indices(
+            self.schedule, self.keys, t0, t1, self.n_train, self.batch_size
+        )
+
+
+@dataclass
+class SGDState:
+    """Arrays of one block on the engine's device; W2 changes in place."""
+
+    problem: SGDProblem
+    W2: Any
+    arrays: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """Advance ``state.W2`` from step t0 to t1; the same schedule on every engine."""
+
+    name: ClassVar[str]
+
+    @property
+    def xp(self) -> Any:
+        """Array namespace of the engine's device arrays (numpy or cupy)."""
+        return np
+
+    def start(self, problem: SGDProblem, W2: np.ndarray) -> SGDState:
+        """Move a block's data and initial W2 (M, n2, n1) to the device."""
+        xp, dtype = self.xp, problem.dtype
+        arrays = {
+            "phi1": xp.asarray(problem.phi1, dtype=dtype),
+            "y": xp.asarray(problem.y, dtype=dtype),
+            "W3": xp.asarray(problem.W3, dtype=dtype),
+            "member_stream": xp.asarray(problem.member_stream, dtype=np.int64),
+            "step_size": xp.asarray(
+                problem.learning_rate / problem.batch_size, dtype=dtype
+            ),
+        }
+        W2_device = xp.array(W2, dtype=dtype, copy=True)
+        return SGDState(problem=problem, W2=W2_device, arrays=arrays)
+
+    def advance(self, state: SGDState, t0: int, t1: int) -> None:
+        """Run SGD steps t0 ≤ t < t1 on every member, in place."""
+        for a, b in chunk_bounds(t0, t1):
+            self._run_chunk(state, state.problem.indices(a, b))
+
+    @abstractmethod
+    def _run_chunk(self, state: SGDState, indices: np.ndarray) -> None:
+        """Run the steps whose minibatches are ``indices`` (stream, step, batch)."""
+
+    def to_host(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+
+def chunk_bounds(t0: int, t1: int) -> list[tuple[int, int]]:
+    """Split [t0, t1) at multiples of :data:`STEP_CHUNK`."""
+    edges = [t0, *range((t0 // STEP_CHUNK + 1) * STEP_CHUNK, t1, STEP_CHUNK), t1]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]

@@ -1,0 +1,40 @@
+"""Exception and warning types of phasearray.
+
+Each error also subclasses the built-in exception a caller would expect, so
+``except ValueError`` keeps working for code that does not know phasearray.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EngineUnavailableError",
+    "PhasearrayError",
+    "PhasearrayWarning",
+    "StoreError",
+    "StoreMismatchError",
+]
+
+
+class PhasearrayError(Exception):
+    """Base class of every error raised on purpose by phasearray."""
+
+
+class ConfigError(PhasearrayError, ValueError):
+    """A pipeline or argument has a value outside what is allowed."""
+
+
+class StoreError(PhasearrayError, OSError):
+    """A store cannot be created, opened or written as asked."""
+
+
+class StoreMismatchError(StoreError):
+    """An existing store was made from another pipeline or schema."""
+
+
+class EngineUnavailableError(PhasearrayError, RuntimeError):
+    """The requested engine cannot run here (missing package or device)."""
+
+
+class PhasearrayWarning(UserWarning):
+    """Base class of phasearray's warnings."""

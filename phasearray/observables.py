@@ -1,0 +1,78 @@
+"""Observables at a checkpoint, as pure array functions (SPEC §3).
+
+Every function takes arrays of one stream's data set and the W2 of any number
+of members on that stream (leading dims ``...``), works on NumPy and CuPy
+arrays alike (pass ``xp``) and never decides what is recorded.
+
+Shapes: a data set holds n samples; W2 is (..., n2, n1), W3 is (n3, n2),
+first-layer features φ1 are (n, n1), targets y are (n, n3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .activations import activate, derivative
+
+__all__ = [
+    "alignment",
+    "eigenvalues",
+    "feature_overlap",
+    "features",
+    "gradient",
+    "loss",
+]
+
+
+def features(phi1: Any, W2: Any, activation: str, xp: Any = np) -> Any:
+    """Second-layer features ("soft spins") φ2 = φ(W2 φ1), dims (..., n, n2)."""
+    return activate(activation, phi1 @ xp.swapaxes(W2, -1, -2), xp)
+
+
+def loss(phi2: Any, y: Any, W3: Any, xp: Any = np) -> Any:
+    """L = mean over samples of ½ Σ_i (y_i − ŷ_i)², ŷ = W3 φ2; dims (...)."""
+    residual = phi2 @ xp.swapaxes(W3, -1, -2) - y
+    return 0.5 * xp.mean(xp.sum(residual * residual, axis=-1), axis=-1)
+
+
+def gradient(phi1: Any, y: Any, W2: Any, W3: Any, activation: str, xp: Any = np) -> Any:
+    """∇_{W2} L over the whole data set, dims (..., n2, n1).
+
+    ∇_{W2} L = (1/n) Σ_α δ_α φ1_αᵀ with δ_α = W3ᵀ (ŷ_α − y_α) ⊙ φ'(z_α).
+    """
+    z = phi1 @ xp.swapaxes(W2, -1, -2)
+    h = activate(activation, z, xp)
+    delta = ((h @ xp.swapaxes(W3, -1, -2) - y) @ W3) * derivative(activation, z, h, xp)
+    return xp.swapaxes(delta, -1, -2) @ phi1 / phi1.shape[-2]
+
+
+def eigenvalues(W2: Any, xp: Any = np) -> Any:
+    """Eigenvalues of X = W2 W2ᵀ, ascending, dims (..., n2).
+
+    They are the squared singular values of W2 (eq. (4.1) of Park et al. 2025).
+    Non-finite matrices give NaN rather than an error.
+    """
+    finite = xp.all(xp.isfinite(W2), axis=(-2, -1))
+    safe = xp.where(finite[..., None, None], W2, 0)
+    values = xp.linalg.eigvalsh(safe @ xp.swapaxes(safe, -1, -2))
+    return xp.where(finite[..., None], values, xp.nan)
+
+
+def feature_overlap(phi2: Any, phi2_initial: Any, xp: Any = np) -> Any:
+    """G(t, 0) = mean over samples α and units j of φ2_jα(t) φ2_jα(0); dims (...)."""
+    return xp.mean(phi2 * phi2_initial, axis=(-2, -1))
+
+
+def alignment(phi2: Any, y: Any, W3: Any, xp: Any = np) -> Any:
+    """Cosine between h_jα = Σ_i y_iα W3_ij and φ2_jα over (j, α); dims (...).
+
+    Lies in [−1, 1]. (The authors' figure divides it once more by the number
+    of test samples.)
+    """
+    h = y @ W3
+    dot = xp.sum(h * phi2, axis=(-2, -1))
+    norms = xp.sqrt(xp.sum(h * h, axis=(-2, -1)) * xp.sum(phi2 * phi2, axis=(-2, -1)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dot / norms
