@@ -329,20 +329,23 @@ def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"pipeline {str(path)!r} is not valid YAML: {error}") from None
+        raise ConfigError(
+            f"pipeline {str(path)!r} is not valid YAML: {error}"
+        ) from None
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(
-            f"override {item!r} must look like dotted.path=value, "
-            "e.g. train.steps=2000"
+            f"override {item!r} must look like dotted.path=value, e.g. train.steps=2000"
         )
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {error}") from None
+        raise ConfigError(
+            f"override {item!r}: value is not valid YAML: {error}"
+        ) from None
 
     node = raw
     parts = key.strip().split(".")
@@ -387,9 +390,7 @@ _UNION_TAGS = {"LogCheckpoints"}
 
 def _allowed_text(detail: Mapping[str, Any]) -> str:
     message = str(detail["msg"])
-    message = message.replace("Input should be", "must be").replace(
-        "Value error, ", ""
-    )
+    message = message.replace("Input should be", "must be").replace("Value error, ", "")
     return message
 
 
@@ -417,7 +418,10 @@ def _check_consistency(pipeline: Pipeline) -> None:
             f"field 'train.batch_size': got {train.batch_size}; must be at most "
             f"data.n_train = {data.n_train}"
         )
-    for field, steps in (("record.checkpoints", record.checkpoints), ("record.W2", record.W2)):
+    for field, steps in (
+        ("record.checkpoints", record.checkpoints),
+        ("record.W2", record.W2),
+    ):
         if isinstance(steps, tuple):
             _check_steps(field, steps, train.steps)
     if isinstance(record.W2, tuple):

@@ -54,7 +54,9 @@ class Ensemble:
     W2_normal: np.ndarray
 
 
-def stream_key(seed: int, T: float | None = None, sigma_W: float | None = None) -> StreamKey:
+def stream_key(
+    seed: int, T: float | None = None, sigma_W: float | None = None
+) -> StreamKey:
     """Key of a stream: ``(seed,)`` shared by all cells, or per (seed, cell).
 
     A per-cell key uses the bit patterns of T and σ_W, not their grid indices,
@@ -98,7 +100,9 @@ def make_ensemble(
     return Ensemble(keys=tuple(tuple(k) for k in keys), **arrays)
 
 
-def _normal(key: StreamKey, name: str, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+def _normal(
+    key: StreamKey, name: str, shape: tuple[int, ...], fan_in: int
+) -> np.ndarray:
     generator = keyed_generator(key, _TAGS[name])
     return generator.standard_normal(shape) / np.sqrt(fan_in)
 

@@ -12,6 +12,7 @@ Engines know nothing about xarray, Zarr or observables.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -123,8 +124,55 @@ class Engine(ABC):
     def to_host(self, array: Any) -> np.ndarray:
         return np.asarray(array)
 
+    def train_observables(self, state: SGDState) -> tuple[np.ndarray, np.ndarray]:
+        """Training loss L and gradient norm |∇_{W2} L|_F of every member.
+
+        The costliest observables (a pass over the whole training set); fused
+        engines may override this with their own kernel.
+
+        Returns
+        -------
+        train_loss, grad_norm : host arrays, dims (M,)
+        """
+        from ..observables import loss_and_gradient
+
+        xp, problem, arrays = self.xp, state.problem, state.arrays
+        M = problem.n_members
+        train_loss = np.empty(M, dtype=problem.dtype)
+        grad_norm = np.empty(M, dtype=problem.dtype)
+        with np.errstate(all="ignore"):
+            for s, part in _member_groups(problem.member_stream):
+                value, grad = loss_and_gradient(
+                    arrays["phi1"][s],
+                    arrays["y"][s],
+                    state.W2[xp.asarray(part)],
+                    arrays["W3"][s],
+                    problem.activation,
+                    xp,
+                )
+                train_loss[part] = self.to_host(value)
+                grad_norm[part] = self.to_host(
+                    xp.sqrt(xp.sum(grad * grad, axis=(1, 2)))
+                )
+        return train_loss, grad_norm
+
+
+# Members of one stream whose training-set observables are computed together;
+# bounds the (members, samples, n2) intermediates to ~50 MB at |D| = 4000.
+OBSERVABLE_BATCH = 96
+
+
+def _member_groups(member_stream: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(stream, members) pairs, at most :data:`OBSERVABLE_BATCH` members each."""
+    groups = []
+    for s in np.unique(member_stream):
+        members = np.flatnonzero(member_stream == s)
+        for part in np.array_split(members, -(-members.size // OBSERVABLE_BATCH)):
+            groups.append((int(s), part))
+    return groups
+
 
 def chunk_bounds(t0: int, t1: int) -> list[tuple[int, int]]:
     """Split [t0, t1) at multiples of :data:`STEP_CHUNK`."""
     edges = [t0, *range((t0 // STEP_CHUNK + 1) * STEP_CHUNK, t1, STEP_CHUNK), t1]
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]

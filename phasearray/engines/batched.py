@@ -73,6 +73,11 @@ class NumpyEngine(Engine):
                 xb = arrays["phi1"][stream_column, rows]
                 yb = arrays["y"][stream_column, rows]
                 sgd_step(
-                    state.W2, xb, yb, W3, arrays["step_size"],
-                    state.problem.activation, xp,
+                    state.W2,
+                    xb,
+                    yb,
+                    W3,
+                    arrays["step_size"],
+                    state.problem.activation,
+                    xp,
                 )

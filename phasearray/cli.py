@@ -1,0 +1,273 @@
+"""The ``phasearray`` command.
+
+The CLI owns output: progress bars, messages and exit codes. Exit code 2 means
+bad input (pipeline, arguments, store); nothing already stored is changed then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, EngineUnavailableError, PhasearrayError, StoreError
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+# Modules that add their own subcommands with ``register(subparsers)``.
+_EXTENSIONS: tuple[str, ...] = ()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``phasearray`` command; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.handler(args))
+    except (ConfigError, StoreError, EngineUnavailableError) as error:
+        print(f"phasearray: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except PhasearrayError as error:
+        print(f"phasearray: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            "phasearray: interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on bad arguments already; keep its message short."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="phasearray",
+        description="Map the phase diagram of SGD: run sweeps, inspect and plot stores.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_run(subparsers)
+    _add_info(subparsers)
+    for module_name in _EXTENSIONS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+# --- run --------------------------------------------------------------------------------
+
+
+def _add_run(subparsers: Any) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="train a sweep into a Zarr store and write its figures",
+        description="Train every model of PIPELINE into a store (resuming one that "
+        "exists) and write the figures.",
+    )
+    run.add_argument(
+        "pipeline",
+        nargs="?",
+        default=None,
+        help="YAML file or shipped pipeline name (quick, paper); default quick",
+    )
+    run.add_argument(
+        "--store", type=Path, help="store path; default ./runs/<name>.zarr"
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pipeline field by dotted path, e.g. --set train.steps=2000",
+    )
+    run.add_argument("--engine", help="override engine.name (auto, numpy, numba, ...)")
+    run.add_argument(
+        "--workers", type=int, help="start a dask LocalCluster with this many processes"
+    )
+    run.add_argument("--scheduler", help="address of a running dask scheduler to use")
+    run.add_argument("--figures", type=Path, help="folder for the figures")
+    run.add_argument("--no-figures", action="store_true", help="skip the figures")
+    run.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_pipeline
+    from .store import store_summary
+    from .sweep import run_sweep
+
+    pipeline = load_pipeline(args.pipeline, args.overrides)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: got {args.workers}; must be at least 1")
+    store = args.store or Path("runs") / f"{pipeline.name}.zarr"
+    if store.exists() and not store.is_dir():
+        raise StoreError(f"store {str(store)!r} is a file, not a Zarr store folder")
+
+    if store.exists():
+        from .store import check_same_pipeline
+
+        check_same_pipeline(store, pipeline)
+        if store_summary(store)["complete"]:
+            print(f"store {store} is complete; nothing to do")
+            return EXIT_OK
+
+    with _client(args) as client, _ProgressBar() as bar:
+        result = run_sweep(
+            pipeline,
+            store,
+            engine=args.engine,
+            client=client,
+            progress=bar.update,
+            on_plan=bar.start,
+        )
+    rate = result.model_steps / max(result.seconds, 1e-9)
+    print(
+        f"store: {result.path} ({result.blocks_run} of {result.blocks_total} blocks run "
+        f"with engine {result.engine}, {rate:.3g} model-steps/s)"
+    )
+    if not args.no_figures:
+        folder = args.figures or store.with_name(store.stem + "-figures")
+        _write_figures(store, folder)
+    return EXIT_OK
+
+
+class _client:
+    """A dask.distributed client for --workers / --scheduler, else None."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cluster: Any = None
+        self.client: Any = None
+
+    def __enter__(self) -> Any:
+        if self.args.workers is None and self.args.scheduler is None:
+            return None
+        from distributed import Client, LocalCluster
+
+        if self.args.scheduler is not None:
+            try:
+                self.client = Client(self.args.scheduler, timeout="10s")
+            except (OSError, TimeoutError) as error:
+                raise ConfigError(
+                    f"--scheduler: cannot reach {self.args.scheduler!r}: {error}"
+                ) from None
+        else:
+            self.cluster = LocalCluster(
+                n_workers=self.args.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+            self.client = Client(self.cluster)
+        print(f"dask: {self.client}")
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+class _ProgressBar:
+    """A tqdm bar over model-steps, with ETA."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def start(self, remaining: int, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=remaining,
+            unit="model-step",
+            unit_scale=True,
+            dynamic_ncols=True,
+            desc="training",
+            file=sys.stderr,
+        )
+
+    def update(self, model_steps: int) -> None:
+        if self.bar is not None:
+            self.bar.update(model_steps)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_figures(store: Path, folder: Path) -> None:
+    from .plots import write_figures
+    from .store import open_sweep
+
+    paths = write_figures(open_sweep(store), folder)
+    print(f"figures: {folder} ({len(paths)} files)")
+    for path in paths:
+        print(f"  {path}")
+
+
+# --- info --------------------------------------------------------------------------
+
+
+def _add_info(subparsers: Any) -> None:
+    info = subparsers.add_parser("info", help="say what a store holds")
+    info.add_argument("store", type=Path)
+    info.set_defaults(handler=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .store import store_summary
+
+    summary = store_summary(args.store)
+    for line in _info_lines(summary):
+        print(line)
+    return EXIT_OK
+
+
+def _info_lines(summary: dict[str, Any]) -> list[str]:
+    p, attrs = summary["pipeline"], summary["attrs"]
+    grid = p.grid
+    done, n_t = summary["checkpoints_done"], summary["n_checkpoints"]
+    lines = [
+        f"store        {summary['path']}",
+        f"pipeline     {p.name}: {p.description}".rstrip(": "),
+        f"grid         {len(grid.T)} T in [{min(grid.T):g}, {max(grid.T):g}] x "
+        f"{len(grid.sigma_W)} sigma_W in [{min(grid.sigma_W):g}, {max(grid.sigma_W):g}] x "
+        f"{grid.seeds} seeds = {p.n_models} models",
+        f"training     {p.train.steps} steps, batch {p.train.batch_size}, "
+        f"{p.train.schedule}, {p.train.dtype}, {p.model.activation}",
+        f"checkpoints  {n_t} (t = 0 … {p.train.steps})",
+        f"engine       {attrs.get('engine')}   created {attrs.get('created')}   "
+        f"phasearray {attrs.get('phasearray_version')} ({attrs.get('git_revision', '')[:10]})",
+        f"size         {summary['bytes'] / 2**20:.1f} MiB on disk",
+        f"completion   {int((done == n_t).sum())} of {done.size} blocks complete"
+        + ("" if summary["complete"] else " (run the same command again to resume)"),
+    ]
+    for block, n in zip(summary["blocks"], done, strict=True):
+        region = ", ".join(f"{d}[{s.start}:{s.stop}]" for d, s in block.region.items())
+        lines.append(f"  block {block.index:3d}  {region:40s} {n:3d}/{n_t} checkpoints")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""The Zarr v3 store of a sweep: schema, creation, region writes, opening.
+
+The layout is described in ``docs/store.md``. The store is created once
+through xarray (coordinates, attributes, the ensemble arrays and empty model
+variables); blocks then write their own regions, each a whole number of
+chunks, through zarr-python. Completion (``done``) is written after the data,
+so an interrupted write is redone on resume and a diverged model still counts
+as done.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import yaml
+import zarr
+
+from .config import Pipeline, parse_pipeline
+from .errors import ConfigError, StoreError, StoreMismatchError
+
+__all__ = [
+    "MODEL_DIMS",
+    "SCHEMA_VERSION",
+    "Block",
+    "create_store",
+    "open_sweep",
+    "plan_blocks",
+    "read_pipeline",
+    "store_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+MODEL_DIMS = ("T", "sigma_W", "seed")
+_HIDDEN = ("resume_W2",)
+
+# name: (extra dims after (T, sigma_W, seed, t), long_name, units)
+_CHECKPOINT_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "W2": (("unit2", "unit1"), "student weights W2", "1"),
+    "eigenvalues": (("eigen",), "eigenvalues of W2 W2ᵀ (ascending)", "1"),
+    "train_loss": ((), "training loss ½⟨|y − ŷ|²⟩", "1"),
+    "test_loss": ((), "test loss ½⟨|y − ŷ|²⟩", "1"),
+    "grad_norm": ((), "Frobenius norm of the full-batch gradient ∇_W2 L", "1"),
+    "feature_overlap": ((), "feature overlap G(t, 0)", "1"),
+    "alignment": ((), "alignment cos(h, φ2)", "1"),
+    "diverged": ((), "model held NaN or inf", "1"),
+    "done": ((), "checkpoint written", "1"),
+}
+_BOOL_VARS = ("diverged", "done")
+
+_ENSEMBLE_VARS: dict[str, tuple[tuple[str, ...], str]] = {
+    "teacher_W1": (("unit1", "unit0"), "teacher weights W̄1"),
+    "teacher_W2": (("unit2", "unit1"), "teacher weights W̄2"),
+    "teacher_W3": (("unit3", "unit2"), "teacher (and student) read-out W3"),
+    "x_train": (("sample", "unit0"), "training inputs x"),
+    "x_test": (("test_sample", "unit0"), "test inputs x"),
+}
+
+
+# --- the plan: blocks of models ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """A hyper-rectangle of models that train together and own their chunks.
+
+    Attributes
+    ----------
+    index : int
+        Position in the plan.
+    region : dict of str to slice
+        Slices along ``T``, ``sigma_W`` and ``seed``.
+    """
+
+    index: int
+    region: dict[str, slice]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(s.stop - s.start for s in self.region.values())  # type: ignore[return-value]
+
+    @property
+    def n_models(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(self.region[d] for d in MODEL_DIMS)  # type: ignore[return-value]
+
+
+def block_shape(pipeline: Pipeline) -> tuple[int, int, int]:
+    """Chunk of (T, sigma_W, seed) holding about ``engine.block_models`` models.
+
+    Seeds are kept together first, then σ_W, then T, so a block shares few
+    teachers and its chunks hold whole ensembles.
+    """
+    target = pipeline.engine.block_models
+    n_T, n_sigma, n_seed = (
+        len(pipeline.grid.T),
+        len(pipeline.grid.sigma_W),
+        pipeline.grid.seeds,
+    )
+    c_seed = min(n_seed, target)
+    c_sigma = min(n_sigma, max(1, target // c_seed))
+    c_T = min(n_T, max(1, target // (c_seed * c_sigma)))
+    return c_T, c_sigma, c_seed
+
+
+def plan_blocks(pipeline: Pipeline) -> list[Block]:
+    """Split the grid into blocks whose regions are whole chunks."""
+    sizes = (len(pipeline.grid.T), len(pipeline.grid.sigma_W), pipeline.grid.seeds)
+    chunk = block_shape(pipeline)
+    starts = [range(0, n, c) for n, c in zip(sizes, chunk, strict=True)]
+    blocks = []
+    for i_T in starts[0]:
+        for i_sigma in starts[1]:
+            for i_seed in starts[2]:
+                lows = (i_T, i_sigma, i_seed)
+                region = {
+                    dim: slice(low, min(low + c, n))
+                    for dim, low, c, n in zip(
+                        MODEL_DIMS, lows, chunk, sizes, strict=True
+                    )
+                }
+                blocks.append(Block(index=len(blocks), region=region))
+    return blocks
+
+
+# --- creation ---------------------------------------------------------------------
+
+
+def create_store(
+    path: str | Path,
+    pipeline: Pipeline,
+    ensemble: Mapping[str, np.ndarray],
+    engine: str,
+) -> None:
+    """Create the store: coordinates, attributes, ensemble arrays, empty variables.
+
+    Parameters
+    ----------
+    path : path
+        Must not exist yet.
+    pipeline : Pipeline
+    ensemble : mapping of str to array
+        ``teacher_W1`` … ``x_test`` with dims (seed, …), or (T, sigma_W, seed, …)
+        with fresh teachers per cell.
+    engine : str
+        Name of the engine that trains the models (recorded in the attributes).
+    """
+    path = Path(path)
+    _check_writable(path)
+    template = _template(pipeline, ensemble, engine)
+    encoding = _encoding(template, pipeline)
+    try:
+        template.to_zarr(
+            path,
+            mode="w-",
+            compute=False,
+            zarr_format=3,
+            consolidated=False,
+            encoding=encoding,
+        )
+    except (OSError, ValueError) as error:
+        raise StoreError(f"cannot create store {str(path)!r}: {error}") from None
+    logger.info("created store %s", path)
+
+
+def _check_writable(path: Path) -> None:
+    if path.exists():
+        raise StoreError(f"store {str(path)!r} already exists")
+    parent = path.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create store {str(path)!r}: {error}") from None
+    if not os.access(parent, os.W_OK):
+        raise StoreError(
+            f"cannot create store {str(path)!r}: folder {str(parent)!r} is not writable"
+        )
+
+
+def _template(
+    pipeline: Pipeline, ensemble: Mapping[str, np.ndarray], engine: str
+) -> xr.Dataset:
+    coords = _coords(pipeline)
+    sizes = {name: len(coords[name][1]) for name in ("T", "sigma_W", "seed", "t")}
+    n0, n1, n2, n3 = pipeline.model.widths
+    sizes |= {"unit0": n0, "unit1": n1, "unit2": n2, "unit3": n3, "eigen": n2}
+    chunk = dict(zip(MODEL_DIMS, block_shape(pipeline), strict=True))
+    dtype = np.dtype(pipeline.train.dtype)
+
+    variables: dict[str, xr.DataArray] = {}
+    for name, (extra, long_name, units) in _CHECKPOINT_VARS.items():
+        dims = (*MODEL_DIMS, "t", *extra)
+        var_dtype = np.dtype(bool) if name in _BOOL_VARS else dtype
+        fill = False if name in _BOOL_VARS else np.nan
+        shape = tuple(sizes[d] for d in dims)
+        chunks = tuple(chunk.get(d, 1 if d == "t" else sizes[d]) for d in dims)
+        data = da.full(shape, fill, dtype=var_dtype, chunks=chunks)
+        variables[name] = xr.DataArray(
+            data, dims=dims, attrs={"long_name": long_name, "units": units}
+        )
+
+    resume_dims = ("slot", *MODEL_DIMS, "unit2", "unit1")
+    resume_shape = (2, *(sizes[d] for d in resume_dims[1:]))
+    resume_chunks = (1, *(chunk.get(d, sizes[d]) for d in resume_dims[1:]))
+    variables["resume_W2"] = xr.DataArray(
+        da.full(resume_shape, np.nan, dtype=dtype, chunks=resume_chunks),
+        dims=resume_dims,
+        attrs={
+            "long_name": "W2 at the last two checkpoints, for exact resume",
+            "units": "1",
+        },
+    )
+
+    lead = MODEL_DIMS if pipeline.grid.fresh_teachers else ("seed",)
+    for name, (extra, long_name) in _ENSEMBLE_VARS.items():
+        variables[name] = xr.DataArray(
+            np.asarray(ensemble[name], dtype=np.float64),
+            dims=(*lead, *extra),
+            attrs={"long_name": long_name, "units": "1"},
+        )
+
+    return xr.Dataset(variables, coords=coords, attrs=_attrs(pipeline, engine))
+
+
+def _coords(pipeline: Pipeline) -> dict[str, Any]:
+    T = np.asarray(pipeline.grid.T, dtype=np.float64)
+    sigma_W = np.asarray(pipeline.grid.sigma_W, dtype=np.float64)
+    t = pipeline.checkpoints
+    return {
+        "T": ("T", T, {"long_name": "temperature ε/|B|", "units": "1"}),
+        "sigma_W": (
+            "sigma_W",
+            sigma_W,
+            {"long_name": "initial weight scale σ_W", "units": "1"},
+        ),
+        "seed": ("seed", pipeline.seeds, {"long_name": "seed", "units": "1"}),
+        "t": ("t", t, {"long_name": "SGD steps", "units": "steps"}),
+        "learning_rate": (
+            "T",
+            T * pipeline.train.batch_size,
+            {"long_name": "learning rate ε", "units": "1"},
+        ),
+        "inv_sigma_W": ("sigma_W", 1.0 / sigma_W, {"long_name": "1/σ_W", "units": "1"}),
+        "epoch": (
+            "t",
+            t / pipeline.steps_per_epoch,
+            {"long_name": "epochs", "units": "epochs"},
+        ),
+        "W2_recorded": (
+            "t",
+            pipeline.W2_checkpoints,
+            {"long_name": "W2 kept at this checkpoint", "units": "1"},
+        ),
+    }
+
+
+def _attrs(pipeline: Pipeline, engine: str) -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "title": f"phasearray sweep {pipeline.name!r}",
+        "schema_version": SCHEMA_VERSION,
+        "pipeline": pipeline.to_yaml(),
+        "pipeline_fingerprint": pipeline.fingerprint(),
+        "phasearray_version": __version__,
+        "git_revision": _git_revision(),
+        "engine": engine,
+        "dtype": pipeline.train.dtype,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "activation": pipeline.model.activation,
+        "schedule": pipeline.train.schedule,
+        "batch_size": pipeline.train.batch_size,
+        "steps": pipeline.train.steps,
+        "steps_per_epoch": pipeline.steps_per_epoch,
+        "n_train": pipeline.data.n_train,
+        "n_test": pipeline.data.n_test,
+        "widths": list(pipeline.model.widths),
+        "fresh_teachers": int(pipeline.grid.fresh_teachers),
+        "block_shape": list(block_shape(pipeline)),
+    }
+
+
+def _git_revision() -> str:
+    """The package's git commit when it runs from a checkout, else "unknown"."""
+    folder = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+def _encoding(template: xr.Dataset, pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    encoding = {}
+    for name, variable in template.data_vars.items():
+        if isinstance(variable.data, da.Array):
+            chunks = tuple(c[0] for c in variable.data.chunks)
+            fill = False if variable.dtype == bool else np.nan
+            encoding[name] = {"chunks": chunks, "fill_value": fill}
+        elif name in _ENSEMBLE_VARS and pipeline.grid.fresh_teachers:
+            lead = block_shape(pipeline)
+            encoding[name] = {"chunks": (*lead, *variable.shape[3:])}
+    return encoding
+
+
+# --- opening and checking -------------------------------------------------------------
+
+
+def open_sweep(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
+    """Open a sweep store as a Dask-backed :class:`xarray.Dataset`.
+
+    Parameters
+    ----------
+    path : path
+        A store made by ``phasearray run``.
+    chunks : optional
+        Dask chunks; by default the store's own chunks (one block, one
+        checkpoint).
+
+    Examples
+    --------
+    >>> ds = open_sweep("runs/quick.zarr")  # doctest: +SKIP
+    >>> ds.test_loss.sel(t=ds.t[-1]).median("seed")  # doctest: +SKIP
+    """
+    path = _existing(path)
+    try:
+        ds = xr.open_zarr(
+            path,
+            chunks={} if chunks is None else chunks,
+            consolidated=False,
+            zarr_format=3,
+        )
+    except Exception as error:  # zarr and xarray raise many kinds here
+        raise StoreError(f"cannot open store {str(path)!r}: {error}") from None
+    _check_schema(ds.attrs, path)
+    ds = ds.drop_vars([v for v in _HIDDEN if v in ds.variables])
+    # Small 1-D coordinates are read now, so labels never need a compute.
+    return ds.assign_coords(
+        {name: ds[name].load() for name in ds.coords if name not in ds.dims}
+    )
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"store {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise StoreError(f"store {str(path)!r} is a file, not a Zarr store folder")
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{str(path)!r} is not a Zarr v3 store (no zarr.json)")
+    return path
+
+
+def _check_schema(attrs: Mapping[str, Any], path: Path) -> None:
+    version = attrs.get("schema_version")
+    if version is None or "pipeline" not in attrs:
+        raise StoreError(f"{str(path)!r} is not a phasearray store (no schema_version)")
+    if version != SCHEMA_VERSION:
+        raise StoreMismatchError(
+            f"store {str(path)!r} has schema version {version!r}; this phasearray "
+            f"reads version {SCHEMA_VERSION!r}"
+        )
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """Root attributes of a store, checked for the schema version."""
+    path = _existing(path)
+    try:
+        attrs = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+    except Exception as error:
+        raise StoreError(f"cannot open store {str(path)!r}: {error}") from None
+    _check_schema(attrs, path)
+    return attrs
+
+
+def read_pipeline(path: str | Path) -> Pipeline:
+    """The pipeline a store was made from."""
+    text = read_attrs(path)["pipeline"]
+    try:
+        return parse_pipeline(yaml.safe_load(text))
+    except ConfigError as error:
+        raise StoreError(
+            f"store {str(path)!r} holds an invalid pipeline: {error}"
+        ) from None
+
+
+def check_same_pipeline(path: str | Path, pipeline: Pipeline) -> None:
+    """Refuse to continue a store made from another pipeline.
+
+    Raises
+    ------
+    StoreMismatchError
+        Naming the fields that differ.
+    """
+    attrs = read_attrs(path)
+    if attrs.get("pipeline_fingerprint") == pipeline.fingerprint():
+        return
+    stored = yaml.safe_load(attrs["pipeline"])
+    differences = _differences(stored, pipeline.to_dict())
+    listing = "; ".join(
+        f"{k}: {a!r} in the store, {b!r} asked" for k, a, b in differences[:6]
+    )
+    raise StoreMismatchError(
+        f"store {str(path)!r} was made from another pipeline ({listing}); choose "
+        "another --store or run the store's own pipeline"
+    )
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b)):
+            if key in ("name", "description", "engine") and not prefix:
+                continue
+            found += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return found
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+# --- block I/O (used by the sweep) ---------------------------------------------------
+
+
+class BlockWriter:
+    """Region reads and writes of one block, straight through zarr-python."""
+
+    def __init__(self, path: str | Path, block: Block) -> None:
+        try:
+            self._group = zarr.open_group(Path(path), mode="r+", zarr_format=3)
+        except Exception as error:
+            raise StoreError(
+                f"cannot open store {str(path)!r} for writing: {error}"
+            ) from None
+        self.block = block
+
+    def completed(self) -> np.ndarray:
+        """Per checkpoint: is every model of the block done? dims (t,)."""
+        done = self._group["done"][(*self.block.slices, slice(None))]
+        return np.asarray(done).reshape(-1, done.shape[-1]).all(axis=0)
+
+    def resume_W2(self, k: int) -> np.ndarray:
+        """W2 saved at checkpoint ``k``, dims (T, sigma_W, seed, unit2, unit1)."""
+        return np.asarray(self._group["resume_W2"][(k % 2, *self.block.slices)])
+
+    def write_checkpoint(
+        self, k: int, values: Mapping[str, np.ndarray], keep_W2: bool
+    ) -> None:
+        """Write one checkpoint's data, the resume slot, then mark it done."""
+        for name, array in values.items():
+            if name == "W2" and not keep_W2:
+                continue
+            self._group[name][(*self.block.slices, slice(k, k + 1))] = array[
+                :, :, :, None
+            ]
+        self._group["resume_W2"][(k % 2, *self.block.slices)] = values["W2"]
+        done = np.ones((*self.block.shape, 1), dtype=bool)
+        self._group["done"][(*self.block.slices, slice(k, k + 1))] = done
+
+
+def completion(path: str | Path, blocks: list[Block]) -> np.ndarray:
+    """Checkpoints done per block, dims (block,), counting from 0."""
+    group = zarr.open_group(Path(path), mode="r", zarr_format=3)
+    done = np.asarray(group["done"][...])
+    counts = []
+    for block in blocks:
+        per_t = done[block.slices].reshape(-1, done.shape[-1]).all(axis=0)
+        counts.append(int(np.cumprod(per_t).sum()))
+    return np.asarray(counts)
+
+
+def store_summary(path: str | Path) -> dict[str, Any]:
+    """What a store holds: pipeline, grid, completion per block, size on disk."""
+    attrs = read_attrs(path)
+    pipeline = read_pipeline(path)
+    blocks = plan_blocks(pipeline)
+    done = completion(path, blocks)
+    n_checkpoints = pipeline.checkpoints.size
+    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    return {
+        "path": str(path),
+        "pipeline": pipeline,
+        "attrs": attrs,
+        "blocks": blocks,
+        "checkpoints_done": done,
+        "n_checkpoints": n_checkpoints,
+        "complete": bool(np.all(done == n_checkpoints)),
+        "bytes": size,
+    }

@@ -1,0 +1,371 @@
+"""Running a sweep: blocks of models, locally or on a dask.distributed cluster.
+
+Each block is one task. It rebuilds its ensemble from the seeds (counter-based,
+so the same numbers on every worker), resumes from its last completed
+checkpoint, advances W2 with the engine between checkpoints, computes the
+observables and writes its own chunks of the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import observables as obs
+from .activations import activate
+from .config import Pipeline, parse_pipeline
+from .engines import Engine, SGDProblem, get_engine, resolve_engine_name
+from .ensemble import Ensemble, make_ensemble, stream_key, teacher_outputs
+from .store import (
+    Block,
+    BlockWriter,
+    check_same_pipeline,
+    completion,
+    create_store,
+    plan_blocks,
+)
+
+__all__ = ["SweepResult", "checkpoint_observables", "run_block", "run_sweep"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What :func:`run_sweep` did."""
+
+    path: Path
+    engine: str
+    blocks_run: int
+    blocks_total: int
+    model_steps: int
+    seconds: float
+
+
+def run_sweep(
+    pipeline: Pipeline,
+    path: str | Path,
+    *,
+    engine: str | None = None,
+    client: Any = None,
+    progress: Progress | None = None,
+    on_plan: Callable[[int, int], None] | None = None,
+) -> SweepResult:
+    """Train every model of a pipeline into a store, resuming what is done.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+    path : path
+        The store; created if missing, continued if made from the same pipeline.
+    engine : str, optional
+        Overrides ``pipeline.engine.name``.
+    client : dask.distributed.Client, optional
+        Run blocks as tasks on this cluster; ``None`` runs them here.
+    progress : callable, optional
+        Called with the number of model-steps just finished.
+    on_plan : callable, optional
+        Called once with (model-steps still to run, model-steps in total).
+
+    Raises
+    ------
+    StoreMismatchError
+        The store exists but was made from another pipeline.
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    engine_name = resolve_engine_name(engine or pipeline.engine.name)
+    get_engine(engine_name)  # fail here, before a store is made, if unavailable
+    _open_or_create(path, pipeline, engine_name)
+
+    blocks = plan_blocks(pipeline)
+    done = completion(path, blocks)
+    steps_done = _steps_at(pipeline, done)
+    total = pipeline.train.steps * pipeline.n_models
+    remaining = sum(
+        (pipeline.train.steps - s) * b.n_models
+        for s, b in zip(steps_done, blocks, strict=True)
+    )
+    if on_plan is not None:
+        on_plan(remaining, total)
+    todo = [
+        b for b, n in zip(blocks, done, strict=True) if n < pipeline.checkpoints.size
+    ]
+    logger.info(
+        "%d of %d blocks to run with engine %s", len(todo), len(blocks), engine_name
+    )
+
+    if client is None:
+        for block in todo:
+            run_block(path, pipeline.to_dict(), block, engine_name, progress)
+    else:
+        _run_distributed(client, path, pipeline, todo, engine_name, progress)
+
+    seconds = time.perf_counter() - start
+    return SweepResult(path, engine_name, len(todo), len(blocks), remaining, seconds)
+
+
+def _open_or_create(path: Path, pipeline: Pipeline, engine_name: str) -> None:
+    if path.exists():
+        check_same_pipeline(path, pipeline)
+        return
+    create_store(path, pipeline, _ensemble_arrays(pipeline), engine_name)
+
+
+def _steps_at(pipeline: Pipeline, checkpoints_done: np.ndarray) -> list[int]:
+    t = pipeline.checkpoints
+    return [int(t[n - 1]) if n > 0 else 0 for n in checkpoints_done]
+
+
+def _run_distributed(
+    client: Any,
+    path: Path,
+    pipeline: Pipeline,
+    blocks: list[Block],
+    engine_name: str,
+    progress: Progress | None,
+) -> None:
+    from distributed import as_completed
+
+    spec = pipeline.to_dict()
+    futures = {
+        client.submit(
+            run_block, path, spec, block, engine_name, None, pure=False
+        ): block
+        for block in blocks
+    }
+    for future in as_completed(futures):
+        future.result()  # re-raises a worker's error here
+        if progress is not None:
+            progress(future.result())
+
+
+# --- one block --------------------------------------------------------------------
+
+
+def run_block(
+    path: str | Path,
+    pipeline_spec: dict[str, Any],
+    block: Block,
+    engine_name: str,
+    progress: Progress | None = None,
+) -> int:
+    """Train one block from its last completed checkpoint to the end.
+
+    Returns the number of model-steps run. Safe to call on any worker: every
+    input is rebuilt from the pipeline and the store.
+    """
+    pipeline = parse_pipeline(pipeline_spec)
+    engine = get_engine(engine_name)
+    writer = BlockWriter(path, block)
+    checkpoints = pipeline.checkpoints
+    n_done = int(np.cumprod(writer.completed()).sum())
+    if n_done == checkpoints.size:
+        return 0
+
+    setup = _block_setup(pipeline, block)
+    W2_initial = setup.W2_initial
+    W2_start = W2_initial if n_done == 0 else _flat(writer.resume_W2(n_done - 1))
+    state = engine.start(setup.problem, W2_start)
+    test = _test_arrays(engine, setup, W2_initial, pipeline)
+
+    model_steps = 0
+    t_previous = int(checkpoints[n_done - 1]) if n_done else 0
+    for k in range(n_done, checkpoints.size):
+        t_k = int(checkpoints[k])
+        engine.advance(state, t_previous, t_k)
+        _mark_diverged(engine, state)
+        values = checkpoint_observables(engine, state, test)
+        writer.write_checkpoint(
+            k, _unflatten(values, block.shape), keep_W2=bool(pipeline.W2_checkpoints[k])
+        )
+        steps = (t_k - t_previous) * block.n_models
+        model_steps += steps
+        if progress is not None:
+            progress(steps)
+        t_previous = t_k
+    return model_steps
+
+
+@dataclass(frozen=True)
+class _BlockSetup:
+    problem: SGDProblem
+    ensemble: Ensemble
+    W2_initial: np.ndarray
+
+
+def _block_setup(pipeline: Pipeline, block: Block) -> _BlockSetup:
+    """Streams, members and the SGD problem of one block (host arrays)."""
+    grid = pipeline.grid
+    T = np.asarray(grid.T)[block.slices[0]]
+    sigma_W = np.asarray(grid.sigma_W)[block.slices[1]]
+    seeds = pipeline.seeds[block.slices[2]]
+    T_m, sigma_m, seed_m = (
+        a.ravel() for a in np.meshgrid(T, sigma_W, seeds, indexing="ij")
+    )
+
+    if grid.fresh_teachers:
+        keys = [
+            stream_key(s, t, sw) for t, sw, s in zip(T_m, sigma_m, seed_m, strict=True)
+        ]
+        member_stream = np.arange(T_m.size)
+    else:
+        keys = [stream_key(s) for s in seeds]
+        member_stream = np.tile(np.arange(seeds.size), T.size * sigma_W.size)
+
+    widths = pipeline.model.widths
+    ensemble = make_ensemble(keys, widths, pipeline.data.n_train, pipeline.data.n_test)
+    activation = pipeline.model.activation
+    phi1 = activate(
+        activation, ensemble.x_train @ np.swapaxes(ensemble.teacher_W1, 1, 2), np
+    )
+    y = teacher_outputs(
+        ensemble.x_train,
+        ensemble.teacher_W1,
+        ensemble.teacher_W2,
+        ensemble.teacher_W3,
+        activation,
+    )
+    problem = SGDProblem(
+        phi1=phi1,
+        y=y,
+        W3=ensemble.teacher_W3,
+        keys=ensemble.keys,
+        member_stream=member_stream,
+        learning_rate=T_m * pipeline.train.batch_size,
+        batch_size=pipeline.train.batch_size,
+        schedule=pipeline.train.schedule,
+        activation=activation,
+        dtype=pipeline.train.dtype,
+    )
+    scale = sigma_m / np.sqrt(widths[1])
+    W2_initial = scale[:, None, None] * ensemble.W2_normal[member_stream]
+    return _BlockSetup(problem, ensemble, W2_initial.astype(pipeline.train.dtype))
+
+
+def _ensemble_arrays(pipeline: Pipeline) -> dict[str, np.ndarray]:
+    """Teachers and data sets of the whole grid, as stored."""
+    grid = pipeline.grid
+    if grid.fresh_teachers:
+        cells = np.meshgrid(grid.T, grid.sigma_W, pipeline.seeds, indexing="ij")
+        keys = [
+            stream_key(s, t, sw)
+            for t, sw, s in zip(*(c.ravel() for c in cells), strict=True)
+        ]
+        lead: tuple[int, ...] = cells[0].shape
+    else:
+        keys = [stream_key(s) for s in pipeline.seeds]
+        lead = (len(keys),)
+    ensemble = make_ensemble(
+        keys, pipeline.model.widths, pipeline.data.n_train, pipeline.data.n_test
+    )
+    names = ("teacher_W1", "teacher_W2", "teacher_W3", "x_train", "x_test")
+    return {
+        n: getattr(ensemble, n).reshape(*lead, *getattr(ensemble, n).shape[1:])
+        for n in names
+    }
+
+
+def _test_arrays(
+    engine: Engine, setup: _BlockSetup, W2_initial: np.ndarray, pipeline: Pipeline
+) -> dict[str, Any]:
+    e = setup.ensemble
+    return held_out_arrays(
+        engine,
+        e.x_test,
+        (e.teacher_W1, e.teacher_W2, e.teacher_W3),
+        W2_initial,
+        setup.problem,
+    )
+
+
+def held_out_arrays(
+    engine: Engine,
+    x_test: np.ndarray,
+    teacher: tuple[np.ndarray, np.ndarray, np.ndarray],
+    W2_initial: np.ndarray,
+    problem: SGDProblem,
+) -> dict[str, Any]:
+    """Test-set features, targets and features at t = 0, on the engine's device.
+
+    Parameters
+    ----------
+    x_test : (S, n_test, n0)
+    teacher : W̄1 (S, n1, n0), W̄2 (S, n2, n1), W̄3 (S, n3, n2)
+    W2_initial : (M, n2, n1)
+    """
+    xp, dtype, activation = engine.xp, problem.dtype, problem.activation
+    W1 = teacher[0]
+    phi1_test = activate(activation, x_test @ np.swapaxes(W1, 1, 2), np)
+    y_test = teacher_outputs(x_test, *teacher, activation)
+    phi1_test = xp.asarray(phi1_test, dtype=dtype)
+    W2_0 = xp.asarray(W2_initial, dtype=dtype)
+    phi2_initial = obs.features(
+        phi1_test[xp.asarray(problem.member_stream)], W2_0, activation, xp
+    )
+    return {
+        "phi1": phi1_test,
+        "y": xp.asarray(y_test, dtype=dtype),
+        "phi2_initial": phi2_initial,
+    }
+
+
+def _mark_diverged(engine: Engine, state: Any) -> None:
+    """Set every member holding NaN or inf entirely to NaN."""
+    xp = engine.xp
+    finite = xp.all(xp.isfinite(state.W2), axis=(1, 2))
+    state.W2[~finite] = xp.nan
+
+
+def checkpoint_observables(
+    engine: Engine, state: Any, test: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Every recorded observable of every member, as host arrays (SPEC §3).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``W2`` (M, n2, n1), ``eigenvalues`` (M, n2) and the scalars (M,):
+        ``train_loss``, ``test_loss``, ``grad_norm``, ``feature_overlap``,
+        ``alignment``, ``diverged``.
+    """
+    xp, problem = engine.xp, state.problem
+    out: dict[str, np.ndarray] = {}
+    out["train_loss"], out["grad_norm"] = engine.train_observables(state)
+
+    # The test set is small (|D_test| = 128): one pass over all members.
+    member_stream = xp.asarray(problem.member_stream)
+    with np.errstate(all="ignore"):
+        phi2 = obs.features(
+            test["phi1"][member_stream], state.W2, problem.activation, xp
+        )
+        W3 = state.arrays["W3"][member_stream]
+        y = test["y"][member_stream]
+        out["test_loss"] = engine.to_host(obs.loss(phi2, y, W3, xp))
+        out["feature_overlap"] = engine.to_host(
+            obs.feature_overlap(phi2, test["phi2_initial"], xp)
+        )
+        out["alignment"] = engine.to_host(obs.alignment(phi2, y, W3, xp))
+        out["eigenvalues"] = engine.to_host(obs.eigenvalues(state.W2, xp))
+    out["W2"] = engine.to_host(state.W2).copy()
+    out["diverged"] = ~np.isfinite(out["W2"]).all(axis=(1, 2))
+    return out
+
+
+def _flat(array: np.ndarray) -> np.ndarray:
+    """(T, sigma_W, seed, ...) block array to (member, ...)."""
+    return array.reshape(-1, *array.shape[3:])
+
+
+def _unflatten(
+    values: dict[str, np.ndarray], shape: tuple[int, int, int]
+) -> dict[str, np.ndarray]:
+    return {k: v.reshape(*shape, *v.shape[1:]) for k, v in values.items()}
