@@ -82,11 +82,11 @@ def eigenvalues(W2: Any, xp: Any = np) -> Any:
     """Eigenvalues of X = W2 W2ᵀ, ascending, dims (..., n2).
 
     They are the squared singular values of W2 (eq. (4.1) of Park et al. 2025).
-    Non-finite matrices give NaN rather than an error.
+    Matrices whose X is not finite (diverged, or overflowing) give NaN.
     """
-    finite = xp.all(xp.isfinite(W2), axis=(-2, -1))
-    safe = xp.where(finite[..., None, None], W2, 0)
-    values = xp.linalg.eigvalsh(safe @ xp.swapaxes(safe, -1, -2))
+    X = W2 @ xp.swapaxes(W2, -1, -2)
+    finite = xp.all(xp.isfinite(X), axis=(-2, -1))
+    values = xp.linalg.eigvalsh(xp.where(finite[..., None, None], X, 0))
     return xp.where(finite[..., None], values, xp.nan)
 
 

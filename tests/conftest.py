@@ -1,0 +1,39 @@
+"""Shared fixtures: the handed reference files and small pipelines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+AUTHORS_CASE = SHARED / "cases" / "phase_ml_tanh_T0.125_sigma0.5.npz"
+
+
+@pytest.fixture
+def authors_case() -> dict[str, np.ndarray]:
+    """The trajectory produced by the authors' own training script (float64)."""
+    if not AUTHORS_CASE.is_file():
+        pytest.skip(
+            f"reference trajectory not found next to the checkout: {AUTHORS_CASE.name}"
+        )
+    with np.load(AUTHORS_CASE) as data:
+        return {name: data[name] for name in data.files}
+
+
+def tiny_overrides(**extra: str) -> list[str]:
+    """`--set` items for a sweep that runs in a few seconds."""
+    items = {
+        "grid.T": "[0.125, 4.0]",
+        "grid.sigma_W": "[0.25, 64.0]",
+        "grid.seeds": "2",
+        "train.steps": "300",
+        "data.n_train": "400",
+        "data.n_test": "32",
+        "record.checkpoints": "[0, 10, 100, 300]",
+        "engine.name": "numpy",
+        "engine.block_models": "4",
+    }
+    items.update(extra)
+    return [f"{k}={v}" for k, v in items.items()]

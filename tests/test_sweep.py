@@ -1,0 +1,171 @@
+"""Sweeps into a store: values, block splits, resume, provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from conftest import tiny_overrides
+
+import phasearray as pa
+from phasearray.config import load_pipeline
+from phasearray.store import plan_blocks
+
+MODEL_VARS = [
+    "W2",
+    "eigenvalues",
+    "train_loss",
+    "test_loss",
+    "grad_norm",
+    "feature_overlap",
+    "alignment",
+    "diverged",
+    "done",
+]
+
+
+def run(tmp_path: Path, name: str, **extra: str) -> xr.Dataset:
+    pipeline = load_pipeline("quick", tiny_overrides(**extra))
+    path = tmp_path / f"{name}.zarr"
+    pa.run_sweep(pipeline, path)
+    return pa.open_sweep(path)
+
+
+def test_store_layout_coordinates_and_attributes(tmp_path: Path) -> None:
+    ds = run(tmp_path, "a")
+    assert ds.W2.dims == ("T", "sigma_W", "seed", "t", "unit2", "unit1")
+    assert ds.W2.shape[-2:] == (16, 32)
+    assert ds.eigenvalues.dims == ("T", "sigma_W", "seed", "t", "eigen")
+    assert ds.teacher_W1.dims == ("seed", "unit1", "unit0")
+    assert ds.x_train.shape == (2, 400, 3)
+    np.testing.assert_array_equal(ds.t, [0, 10, 100, 300])
+    np.testing.assert_allclose(ds.learning_rate, [0.5, 16.0])
+    np.testing.assert_allclose(ds.inv_sigma_W, [4.0, 1 / 64])
+    np.testing.assert_allclose(ds.epoch, np.array([0, 10, 100, 300]) / 100)
+    for name in [*MODEL_VARS, "teacher_W2", "x_test"]:
+        assert {"long_name", "units"} <= set(ds[name].attrs), name
+    for key in (
+        "pipeline",
+        "phasearray_version",
+        "git_revision",
+        "engine",
+        "dtype",
+        "created",
+        "schema_version",
+    ):
+        assert key in ds.attrs, key
+    assert pa.parse_pipeline(yaml.safe_load(ds.attrs["pipeline"])).train.steps == 300
+    assert bool(ds.done.all()) and not bool(ds.diverged.any())
+    assert isinstance(ds.W2.data, dask.array.Array)
+
+
+def test_sweep_equals_simulate_for_each_member(tmp_path: Path) -> None:
+    """Same engine, same inputs, same order: bit-identical W2 (SPEC §2)."""
+    ds = run(tmp_path, "a").load()
+    i_T, i_sigma, seed = 1, 0, 1
+    T, sigma_W = float(ds["T"][i_T]), float(ds.sigma_W[i_sigma])
+    W2_init = ds.W2.isel(T=i_T, sigma_W=i_sigma, seed=seed, t=0).values
+    np.testing.assert_allclose(
+        W2_init.std(), sigma_W / np.sqrt(32), rtol=0.15
+    )  # σ_W/√n1 scale, 512 entries
+    direct = pa.simulate(
+        teacher=tuple(ds[f"teacher_W{k}"].isel(seed=seed).values for k in (1, 2, 3)),
+        x_train=ds.x_train.isel(seed=seed).values,
+        x_test=ds.x_test.isel(seed=seed).values,
+        W2_init=W2_init,
+        learning_rate=T * 4,
+        batch_size=4,
+        steps=300,
+        checkpoints=[10, 100],
+        schedule="shuffle",
+        seed=seed,
+        engine="numpy",
+    )
+    stored = ds.isel(T=i_T, sigma_W=i_sigma, seed=seed)
+    np.testing.assert_array_equal(direct.W2, stored.W2)
+    for name in (
+        "train_loss",
+        "test_loss",
+        "grad_norm",
+        "feature_overlap",
+        "alignment",
+    ):
+        np.testing.assert_allclose(direct[name], stored[name], rtol=1e-12, err_msg=name)
+
+
+def test_common_random_numbers_across_cells(tmp_path: Path) -> None:
+    ds = run(tmp_path, "a").load()
+    W2_0 = ds.W2.isel(t=0)
+    # same G for every cell of a seed, scaled by σ_W
+    ratio = W2_0.isel(sigma_W=1) / W2_0.isel(sigma_W=0)
+    np.testing.assert_allclose(ratio, 64.0 / 0.25, rtol=1e-12)
+    np.testing.assert_array_equal(W2_0.isel(T=0), W2_0.isel(T=1))
+
+
+def test_fresh_teachers_per_cell(tmp_path: Path) -> None:
+    ds = run(tmp_path, "f", **{"grid.fresh_teachers": "true"}).load()
+    assert ds.teacher_W2.dims == ("T", "sigma_W", "seed", "unit2", "unit1")
+    assert not np.array_equal(
+        ds.teacher_W2.isel(T=0, sigma_W=0, seed=0),
+        ds.teacher_W2.isel(T=1, sigma_W=0, seed=0),
+    )
+
+
+def test_any_block_split_gives_identical_stores(tmp_path: Path) -> None:
+    a = run(tmp_path, "a", **{"engine.block_models": "1"}).load()
+    b = run(tmp_path, "b", **{"engine.block_models": "8"}).load()
+    assert (
+        len(
+            plan_blocks(
+                load_pipeline("quick", tiny_overrides(**{"engine.block_models": "1"}))
+            )
+        )
+        == 8
+    )
+    for name in MODEL_VARS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path: Path) -> None:
+    whole = run(tmp_path, "whole").load()
+    pipeline = load_pipeline("quick", tiny_overrides())
+    path = tmp_path / "cut.zarr"
+
+    seen = []
+
+    def stop_after_five(steps: int) -> None:
+        seen.append(steps)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_sweep(pipeline, path, progress=stop_after_five)
+    partial = pa.open_sweep(path)
+    assert 0 < int(partial.done.sum()) < partial.done.size
+
+    result = pa.run_sweep(pipeline, path)
+    assert result.blocks_run < result.blocks_total
+    resumed = pa.open_sweep(path).load()
+    for name in MODEL_VARS:
+        np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
+
+    again = pa.run_sweep(pipeline, path)
+    assert again.blocks_run == 0 and again.model_steps == 0
+
+
+def test_float32_store(tmp_path: Path) -> None:
+    ds = run(tmp_path, "s", **{"train.dtype": "float32"})
+    assert ds.W2.dtype == np.float32 and ds.train_loss.dtype == np.float32
+    assert ds.x_train.dtype == np.float64  # inputs are kept as drawn
+
+
+def test_W2_kept_only_where_asked(tmp_path: Path) -> None:
+    ds = run(tmp_path, "e", **{"record.W2": "ends"}).load()
+    np.testing.assert_array_equal(ds.W2_recorded, [True, False, False, True])
+    assert np.isnan(ds.W2.isel(t=1)).all() and np.isfinite(ds.W2.isel(t=-1)).all()
+    full = run(tmp_path, "full").load()
+    np.testing.assert_array_equal(ds.W2.isel(t=-1), full.W2.isel(t=-1))
