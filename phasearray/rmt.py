@@ -313,12 +313,14 @@ def dbm_coefficients(W2, W3, phi1, y, activation, *, convention="paper", batch=N
         per_member = 8 * n_samples * (n1 + 8 * n2)
         batch = max(1, _DBM_BATCH_BYTES // per_member)
 
-    views = [np.broadcast_to(a, lead + a.shape[-2:]) for a in (W2, W3, phi1, y)]
+    # a single model is a batch of one
+    flat = lead or (1,)
+    views = [np.broadcast_to(a, flat + a.shape[-2:]) for a in (W2, W3, phi1, y)]
     K_tilde = np.empty((size, n2, n2))
     V_tilde = np.empty((size, n2, n2))
     values = np.empty((size, n2))
     for start in range(0, size, batch):
-        index = np.unravel_index(np.arange(start, min(start + batch, size)), lead)
+        index = np.unravel_index(np.arange(start, min(start + batch, size)), flat)
         parts = [np.asarray(v[index], dtype=np.float64) for v in views]
         out = _dbm_batch(*parts, activation, convention)
         K_tilde[start : start + batch], V_tilde[start : start + batch] = out[:2]

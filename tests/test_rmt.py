@@ -237,6 +237,10 @@ def test_dbm_batches_broadcasting_and_nan_members() -> None:
     )
     assert np.isfinite(whole.K_tilde[1, [0, 1, 3]]).all()
 
+    single = rmt.dbm_coefficients(W2[0, 1], W3, phi1, y, "tanh")
+    assert single.K_tilde.shape == (5, 5) and single.eigenvalues.shape == (5,)
+    np.testing.assert_allclose(single.V_tilde, whole.V_tilde[0, 1], rtol=1e-12)
+
 
 @pytest.mark.parametrize("convention", rmt.CONVENTIONS)
 def test_dbm_criterion_against_its_inequality(convention) -> None:
