@@ -159,7 +159,7 @@ class _client:
     def __enter__(self) -> Any:
         if self.args.workers is None and self.args.scheduler is None:
             return None
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         if self.args.scheduler is not None:
             try:
@@ -169,12 +169,7 @@ class _client:
                     f"--scheduler: cannot reach {self.args.scheduler!r}: {error}"
                 ) from None
         else:
-            self.cluster = LocalCluster(
-                n_workers=self.args.workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            )
+            self.cluster = _local_cluster(self.args.workers, self.args.engine)
             self.client = Client(self.cluster)
         print(f"dask: {self.client}")
         return self.client
@@ -184,6 +179,34 @@ class _client:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def _local_cluster(workers: int, engine: str | None) -> Any:
+    """N worker processes; GPU engines get one dask-cuda worker per GPU instead."""
+    import os
+
+    from distributed import LocalCluster
+
+    if engine in ("cupy", "cupy-fused"):
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            raise EngineUnavailableError(
+                f"--workers with engine {engine!r} needs dask-cuda; install it or "
+                "leave out --workers to use one GPU"
+            ) from None
+        return LocalCUDACluster(n_workers=workers, dashboard_address=None)
+
+    # Each process gets its share of the cores for Numba's and BLAS's threads.
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        env=env,
+    )
 
 
 class _ProgressBar:

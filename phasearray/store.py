@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -163,16 +164,22 @@ def create_store(
     _check_writable(path)
     template = _template(pipeline, ensemble, engine)
     encoding = _encoding(template, pipeline)
+
+    # Built under a temporary name and renamed, so a store either exists
+    # whole or not at all, even when the process is killed meanwhile.
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         template.to_zarr(
-            path,
-            mode="w-",
+            partial,
+            mode="w",
             compute=False,
             zarr_format=3,
             consolidated=False,
             encoding=encoding,
         )
+        partial.rename(path)
     except (OSError, ValueError) as error:
+        shutil.rmtree(partial, ignore_errors=True)
         raise StoreError(f"cannot create store {str(path)!r}: {error}") from None
     logger.info("created store %s", path)
 
@@ -445,8 +452,11 @@ class BlockWriter:
     """Region reads and writes of one block, straight through zarr-python."""
 
     def __init__(self, path: str | Path, block: Block) -> None:
+        # Chunks equal to the fill value (all NaN, all False) are still written:
+        # a missing chunk then always means damage, never "nothing to store".
         try:
-            self._group = zarr.open_group(Path(path), mode="r+", zarr_format=3)
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                self._group = zarr.open_group(Path(path), mode="r+", zarr_format=3)
         except Exception as error:
             raise StoreError(
                 f"cannot open store {str(path)!r} for writing: {error}"
@@ -466,15 +476,62 @@ class BlockWriter:
         self, k: int, values: Mapping[str, np.ndarray], keep_W2: bool
     ) -> None:
         """Write one checkpoint's data, the resume slot, then mark it done."""
-        for name, array in values.items():
-            if name == "W2" and not keep_W2:
-                continue
-            self._group[name][(*self.block.slices, slice(k, k + 1))] = array[
-                :, :, :, None
-            ]
-        self._group["resume_W2"][(k % 2, *self.block.slices)] = values["W2"]
-        done = np.ones((*self.block.shape, 1), dtype=bool)
-        self._group["done"][(*self.block.slices, slice(k, k + 1))] = done
+        region = (*self.block.slices, slice(k, k + 1))
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for name, array in values.items():
+                if name == "W2" and not keep_W2:
+                    continue
+                self._group[name][region] = array[:, :, :, None]
+            self._group["resume_W2"][(k % 2, *self.block.slices)] = values["W2"]
+            done = np.ones((*self.block.shape, 1), dtype=bool)
+            self._group["done"][region] = done
+
+
+def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
+    """Check that every chunk marked done is on disk and every array opens.
+
+    Raises
+    ------
+    StoreError
+        Naming the first missing array or chunk; nothing is changed.
+    """
+    path = Path(path)
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        arrays = {
+            name: group[name] for name in (*_CHECKPOINT_VARS, *_HIDDEN, *_ENSEMBLE_VARS)
+        }
+        done = np.asarray(arrays["done"][...])
+    except Exception as error:
+        raise StoreError(f"store {str(path)!r} is damaged: {error}") from None
+
+    present = {
+        str(f.relative_to(path))
+        for f in path.rglob("*")
+        if f.is_file() and "/c/" in f.as_posix()
+    }
+    keep_W2 = pipeline.W2_checkpoints
+    for block in plan_blocks(pipeline):
+        per_t = done[block.slices].reshape(-1, done.shape[-1]).all(axis=0)
+        for k in np.flatnonzero(per_t):
+            for name in _CHECKPOINT_VARS:
+                if name == "W2" and not keep_W2[k]:
+                    continue
+                key = _chunk_key(name, arrays[name], block, int(k))
+                if key not in present:
+                    raise StoreError(
+                        f"store {str(path)!r} is damaged: chunk {key!r} of a completed "
+                        f"checkpoint (block {block.index}, t = {pipeline.checkpoints[k]}) "
+                        "is missing; restore the store from a copy or start a new one"
+                    )
+
+
+def _chunk_key(name: str, array: Any, block: Block, k: int) -> str:
+    """Path of a block's chunk at checkpoint k, for the default key encoding."""
+    chunks = array.metadata.chunk_grid.chunk_shape
+    index = [s.start // c for s, c in zip(block.slices, chunks[:3], strict=True)]
+    index += [k] + [0] * (array.ndim - 4)
+    return "/".join([name, "c", *map(str, index)])
 
 
 def completion(path: str | Path, blocks: list[Block]) -> np.ndarray:
@@ -492,6 +549,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
     """What a store holds: pipeline, grid, completion per block, size on disk."""
     attrs = read_attrs(path)
     pipeline = read_pipeline(path)
+    check_integrity(path, pipeline)
     blocks = plan_blocks(pipeline)
     done = completion(path, blocks)
     n_checkpoints = pipeline.checkpoints.size

@@ -25,6 +25,7 @@ from .ensemble import Ensemble, make_ensemble, stream_key, teacher_outputs
 from .store import (
     Block,
     BlockWriter,
+    check_integrity,
     check_same_pipeline,
     completion,
     create_store,
@@ -116,6 +117,7 @@ def run_sweep(
 def _open_or_create(path: Path, pipeline: Pipeline, engine_name: str) -> None:
     if path.exists():
         check_same_pipeline(path, pipeline)
+        check_integrity(path, pipeline)
         return
     create_store(path, pipeline, _ensemble_arrays(pipeline), engine_name)
 

@@ -1,0 +1,244 @@
+"""Scale-out and resilience: kills, workers, divergence, damaged stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_overrides
+from test_cli import sets, tree_digest
+
+import phasearray as pa
+from phasearray.cli import main
+from phasearray.config import load_pipeline
+
+MODEL_VARS = [
+    "W2",
+    "eigenvalues",
+    "train_loss",
+    "test_loss",
+    "grad_norm",
+    "feature_overlap",
+    "alignment",
+    "diverged",
+    "done",
+]
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    x, y = pa.open_sweep(a).load(), pa.open_sweep(b).load()
+    for name in MODEL_VARS:
+        np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+
+
+# --- SIGKILL and resume ---------------------------------------------------------------
+
+LONGER = tiny_overrides(
+    **{
+        "train.steps": "4000",
+        "record.checkpoints": "{log: 12}",
+        "engine.block_models": "2",
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("whole") / "whole.zarr"
+    pa.run_sweep(load_pipeline("quick", LONGER), path)
+    return path
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4, 1.2, 2.5])
+def test_sigkill_then_resume_is_bit_identical(
+    tmp_path: Path, uninterrupted: Path, delay: float
+) -> None:
+    store = tmp_path / "killed.zarr"
+    command = [
+        sys.executable,
+        "-m",
+        "phasearray.cli",
+        "run",
+        "--store",
+        str(store),
+        "--no-figures",
+        *sets(LONGER),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while not store.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    if store.exists():
+        partial = pa.open_sweep(store)
+        assert int(partial.done.sum()) <= partial.done.size
+    assert main(["run", "--store", str(store), "--no-figures", *sets(LONGER)]) == 0
+    assert_same_store(store, uninterrupted)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not leftovers or all(".partial-" in n for n in leftovers)
+
+
+# --- dask.distributed ---------------------------------------------------------------------
+
+
+def test_local_cluster_with_two_processes_lands_every_region(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    from distributed import Client, LocalCluster
+
+    store = tmp_path / "dask.zarr"
+    finished = []
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        result = pa.run_sweep(
+            load_pipeline("quick", LONGER),
+            store,
+            client=client,
+            progress=finished.append,
+        )
+    assert result.blocks_run == result.blocks_total == 4
+    assert sum(finished) == result.model_steps == 8 * 4000
+    ds = pa.open_sweep(store)
+    assert bool(ds.done.all())
+    assert_same_store(store, uninterrupted)
+
+
+# --- divergence ------------------------------------------------------------------------------
+
+
+def test_diverging_models_are_marked_and_do_not_touch_others(tmp_path: Path) -> None:
+    wild = tiny_overrides(**{"model.activation": "identity", "grid.T": "[0.125, 64.0]"})
+    tame = tiny_overrides(**{"model.activation": "identity", "grid.T": "[0.125]"})
+    pa.run_sweep(load_pipeline("quick", wild), tmp_path / "wild.zarr")
+    pa.run_sweep(load_pipeline("quick", tame), tmp_path / "tame.zarr")
+    wild_ds = pa.open_sweep(tmp_path / "wild.zarr").load()
+    tame_ds = pa.open_sweep(tmp_path / "tame.zarr").load()
+
+    hot = wild_ds.sel(T=64.0)
+    assert bool(hot.diverged.isel(t=-1).all())
+    assert bool(hot.done.all())  # diverged still counts as done
+    first = int(np.argmax(hot.diverged.values.reshape(-1, hot.t.size).any(axis=0)))
+    assert np.isnan(hot.W2.isel(t=slice(first, None))).all()
+    assert np.isnan(hot.train_loss.isel(t=-1)).all()
+
+    calm = wild_ds.sel(T=0.125)
+    assert not bool(calm.diverged.any())
+    for name in ("W2", "train_loss", "test_loss", "eigenvalues"):
+        np.testing.assert_array_equal(
+            calm[name], tame_ds[name].sel(T=0.125), err_msg=name
+        )
+
+
+# --- damage ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "s.zarr"
+    assert (
+        main(["run", "--store", str(path), "--no-figures", *sets(tiny_overrides())])
+        == 0
+    )
+    return path
+
+
+def rerun(store: Path) -> int:
+    return main(["run", "--store", str(store), "--no-figures", *sets(tiny_overrides())])
+
+
+def test_missing_chunk_is_reported_and_nothing_changes(store: Path, capsys) -> None:
+    (store / "train_loss" / "c" / "1" / "0" / "0" / "2").unlink()
+    before = tree_digest(store)
+    assert rerun(store) == 2
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "train_loss/c/1/0/0/2" in err
+    assert tree_digest(store) == before
+    assert main(["info", str(store)]) == 2
+
+
+def test_truncated_array_metadata(store: Path, capsys) -> None:
+    meta = store / "eigenvalues" / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    before = tree_digest(store)
+    assert rerun(store) == 2
+    assert "damaged" in capsys.readouterr().err
+    assert tree_digest(store) == before
+
+
+def test_truncated_root_metadata(store: Path, capsys) -> None:
+    meta = store / "zarr.json"
+    meta.write_text(meta.read_text()[:100])
+    before = tree_digest(store)
+    assert rerun(store) == 2
+    assert "cannot open store" in capsys.readouterr().err
+    assert tree_digest(store) == before
+
+
+def test_incompatible_schema_version(store: Path, capsys) -> None:
+    meta = store / "zarr.json"
+    document = json.loads(meta.read_text())
+    document["attributes"]["schema_version"] = "99"
+    meta.write_text(json.dumps(document))
+    before = tree_digest(store)
+    assert rerun(store) == 2
+    assert "schema version '99'" in capsys.readouterr().err
+    assert tree_digest(store) == before
+    with pytest.raises(pa.StoreMismatchError):
+        pa.open_sweep(store)
+
+
+def test_folder_that_is_not_a_store(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert (
+        main(["run", "--store", str(folder), "--no-figures", *sets(tiny_overrides())])
+        == 2
+    )
+    assert "not a Zarr v3 store" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir(),
+    reason="needs Linux /proc, read-only for every user",
+)
+def test_read_only_location(capsys) -> None:
+    target = Path("/proc/phasearray-test.zarr")
+    assert (
+        main(["run", "--store", str(target), "--no-figures", *sets(tiny_overrides())])
+        == 2
+    )
+    assert "cannot create store" in capsys.readouterr().err
+    assert not target.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert (
+            main(["run", "--store", str(folder / "s.zarr"), *sets(tiny_overrides())])
+            == 2
+        )
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        folder.chmod(0o755)
