@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 import re
+import shutil
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -502,11 +504,21 @@ def import_phase_ml(
     pipeline = _import_pipeline(cells, shapes, epochs)
     _check_writable(store)
 
+    # Written under a temporary name and renamed at the end, so the store
+    # exists whole or not at all.
     template = _template(pipeline, cells)
-    _create(store, template)
-    for cell in cells:
-        _write_cell(store, template, cell, read_phase_ml(cell.path))
-        logger.debug("imported %s as T=%g sigma_W=%g", cell.path, cell.T, cell.sigma_W)
+    partial = store.with_name(f".{store.name}.partial-{os.getpid()}")
+    try:
+        _create(partial, template, store)
+        for cell in cells:
+            _write_cell(partial, template, cell, read_phase_ml(cell.path))
+            logger.debug(
+                "imported %s: T=%g sigma_W=%g", cell.path, cell.T, cell.sigma_W
+            )
+        partial.rename(store)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     logger.info("imported %d release files into %s", len(cells), store)
     return store
 
@@ -667,7 +679,7 @@ def _source_record(cell: PhaseMLCell) -> dict[str, Any]:
     }
 
 
-def _create(store: Path, template: xr.Dataset) -> None:
+def _create(path: Path, template: xr.Dataset, store: Path) -> None:
     encoding = {
         name: {
             "chunks": tuple(c[0] for c in var.data.chunks),
@@ -677,8 +689,8 @@ def _create(store: Path, template: xr.Dataset) -> None:
     }
     try:
         template.to_zarr(
-            store,
-            mode="w-",
+            path,
+            mode="w",
             compute=False,
             zarr_format=3,
             consolidated=False,

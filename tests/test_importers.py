@@ -310,3 +310,28 @@ def test_copy_of_sample_in_a_named_folder_needs_no_options(tmp_path):
     ds = open_sweep(import_phase_ml(path, tmp_path / "s.zarr"))
     assert ds["T"].values.tolist() == [0.125]
     assert ds.attrs["activation"] == "tanh"
+
+
+def test_failure_while_writing_leaves_no_store(tmp_path, monkeypatch):
+    import phasearray.importers as importers
+
+    files = [
+        _release_file(tmp_path / FOLDER / "data.npz", _fake_arrays()),
+        _release_file(
+            tmp_path / "r2K16_tanh_lr1_bs4_eps0.5" / "data.npz", _fake_arrays()
+        ),
+    ]
+    calls = []
+
+    def failing_write(path, template, cell, arrays):
+        calls.append(cell.path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_write(path, template, cell, arrays)
+
+    real_write = importers._write_cell
+    monkeypatch.setattr(importers, "_write_cell", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        import_phase_ml(files, tmp_path / "out" / "s.zarr")
+    assert calls == files
+    assert list((tmp_path / "out").iterdir()) == []
