@@ -46,6 +46,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 import xarray as xr
+import yaml
+import zarr.storage
 
 from .errors import ConfigError, StoreError, StoreMismatchError
 from .store import SCHEMA_VERSION, open_sweep
@@ -154,8 +156,6 @@ def open_store(location: str | Path) -> xr.Dataset:
 
 
 def _open_zip(path: Path) -> xr.Dataset:
-    import zarr.storage
-
     try:
         zipped = zarr.storage.ZipStore(path, mode="r")
         ds = xr.open_zarr(zipped, chunks={}, consolidated=False, zarr_format=3)
@@ -560,8 +560,6 @@ def stac_item(
 
 
 def _pipeline_name(attrs: Mapping[str, Any]) -> str:
-    import yaml
-
     try:
         return str(yaml.safe_load(attrs.get("pipeline", "")).get("name", ""))
     except (yaml.YAMLError, AttributeError):

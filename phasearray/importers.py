@@ -483,7 +483,8 @@ def import_phase_ml(
     ConfigError
         Hyperparameters are missing, contradictory or repeated.
     StoreError
-        A file cannot be read or does not fit the others; the store exists.
+        A file cannot be read or does not fit the others, or the store
+        already exists.
 
     Examples
     --------
