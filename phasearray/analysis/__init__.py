@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+from ._common import compute
 from .accessor import PhaseAccessor
 from .dbm import dbm
 from .phases import (
@@ -45,6 +46,7 @@ __all__ = [
     "PhaseAccessor",
     "boundaries",
     "classify",
+    "compute",
     "contour_lines",
     "dbm",
     "ensemble_stats",

@@ -140,3 +140,22 @@ def dress(result: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
         if name not in ds.indexes and coord.dims and set(coord.dims) <= set(result.dims)
     }
     return result.assign_coords(extra)
+
+
+def compute(*datasets: xr.Dataset) -> tuple[xr.Dataset, ...]:
+    """Compute several lazy results in one pass, sharing their common inputs.
+
+    The variables go to ``dask.compute`` as DataArrays: handing it several
+    Datasets that share graph layers failed with "Missing dependency" (dask
+    2026.8, xarray 2026.9), while the same variables as DataArrays compute.
+    """
+    import dask
+
+    arrays = [
+        (i, name, ds[name]) for i, ds in enumerate(datasets) for name in ds.data_vars
+    ]
+    values = dask.compute(*(a for _, _, a in arrays))
+    out = [xr.Dataset(attrs=ds.attrs) for ds in datasets]
+    for (i, name, _), value in zip(arrays, values, strict=True):
+        out[i][name] = value
+    return tuple(out)
