@@ -223,8 +223,10 @@ def _add_serve(subparsers: Any) -> None:
 
 @_guarded
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from .serve import ZARR_PREFIX, make_app, run_app
 
-    print(f"serving {args.store} at http://{args.host}:{args.port}/zarr", flush=True)
-    serve(args.store, host=args.host, port=args.port)
+    app = make_app(args.store)
+    url = f"http://{args.host}:{args.port}{ZARR_PREFIX}"
+    print(f"serving {args.store} at {url} (Ctrl-C stops)", flush=True)
+    run_app(app, args.host, args.port)
     return EXIT_OK

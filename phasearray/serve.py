@@ -20,7 +20,7 @@ from typing import Any
 from .catalog import open_store
 from .errors import EngineUnavailableError
 
-__all__ = ["ZARR_PREFIX", "make_app", "serve"]
+__all__ = ["ZARR_PREFIX", "make_app", "run_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,14 @@ def serve(store: str | Path, host: str = "127.0.0.1", port: int = 9000) -> None:
     --------
     >>> serve("runs/quick.zarr", port=9000)  # doctest: +SKIP
     """
-    app = make_app(store)
+    logger.info("serving %s at http://%s:%d%s", store, host, port, ZARR_PREFIX)
+    run_app(make_app(store), host, port)
+
+
+def run_app(app: Any, host: str, port: int) -> None:
+    """Run an application from :func:`make_app` with uvicorn (blocking)."""
     try:
         import uvicorn
     except ImportError:
         raise EngineUnavailableError(f"serving needs uvicorn: {_EXTRA}") from None
-    logger.info("serving %s at http://%s:%d%s", store, host, port, ZARR_PREFIX)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -91,23 +91,35 @@ def test_missing_extra_is_a_clear_error(monkeypatch):
         make_app(SHIPPED_ZIP)
 
 
-def test_serve_runs_until_stopped(tmp_path):
+_SERVE_CODE = {
+    "function": "from phasearray.serve import serve; serve({zip!r}, port={port})",
+    "command": (
+        "import argparse; from phasearray.cli_catalog import register; "
+        "p = argparse.ArgumentParser(); register(p.add_subparsers()); "
+        "a = p.parse_args(['serve', {zip!r}, '--port', '{port}']); a.handler(a)"
+    ),
+}
+
+
+@pytest.mark.parametrize("how", ["function", "command"])
+def test_serve_runs_until_stopped(how):
     for module in ("xpublish", "xpublish_zarr", "uvicorn"):
         pytest.importorskip(module, reason="the 'serve' extra is not installed")
     import subprocess
 
     port = _free_port()
-    code = (
-        "from phasearray.serve import serve; "
-        f"serve({str(SHIPPED_ZIP)!r}, host='127.0.0.1', port={port})"
+    code = _SERVE_CODE[how].format(zip=str(SHIPPED_ZIP), port=port)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    process = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
     try:
         root = _poll_json(f"http://127.0.0.1:{port}/zarr/zarr.json", process)
         assert root["attributes"]["schema_version"] == "1"
     finally:
         process.terminate()
-        process.communicate(timeout=10)
+        out, _ = process.communicate(timeout=10)
+    if how == "command":
+        assert f"at http://127.0.0.1:{port}/zarr" in out.decode()
 
 
 def _poll_json(url: str, process, seconds: float = 20.0) -> dict:
