@@ -37,9 +37,12 @@ def catalog_copy(tmp_path) -> Path:
 # --- the shipped entry -------------------------------------------------------------------
 
 
-def test_default_catalog_is_the_shipped_folder(monkeypatch):
+def test_default_catalog_is_the_shipped_folder(monkeypatch, tmp_path):
+    # From the checkout's root the shipped catalog is found whether phasearray
+    # is installed from it (editable or not); elsewhere only an editable one is.
     monkeypatch.delenv("PHASEARRAY_CATALOG", raising=False)
-    assert default_catalog_path() == SHIPPED
+    monkeypatch.chdir(SHIPPED.parent)
+    assert default_catalog_path().resolve() == SHIPPED.resolve()
     assert open_catalog().names == ["quick-tiny"]
 
 
