@@ -288,9 +288,16 @@ class _Metadata:
 
 
 def _default_description(ds: xr.Dataset, pipeline: Mapping[str, Any]) -> str:
+    grid = _grid_line(grid_summary(ds))
+    source = ds.attrs.get("source_format")
+    if source:
+        return (
+            f"Runs of another code, read from the {source!r} format into a "
+            f"phasearray store (pipeline {pipeline.get('name')!r}): {grid}."
+        )
     return (
         "SGD ensembles of teacher-student networks trained by phasearray with "
-        f"pipeline {pipeline.get('name')!r}: {_grid_line(grid_summary(ds))}."
+        f"pipeline {pipeline.get('name')!r}: {grid}."
     )
 
 
@@ -368,8 +375,8 @@ def _grid_line(grid: Mapping[str, Any]) -> str:
 
 def _data_card(meta: _Metadata, zip_path: Path, ds: xr.Dataset) -> str:
     rows = [
-        f"| `{name}` | {', '.join(var.dims)} | {var.attrs.get('long_name', '')} "
-        f"| {var.attrs.get('units', '')} |"
+        f"| `{name}` | {', '.join(var.dims)} | {_cell(var.attrs.get('long_name'))} "
+        f"| {_cell(var.attrs.get('units'))} |"
         for name, var in sorted(ds.data_vars.items())
     ]
     creators = "; ".join(meta.creators)
@@ -428,6 +435,11 @@ The pipeline that made the store, in full:
 {meta.pipeline_yaml.rstrip()}
 ```
 """
+
+
+def _cell(text: Any) -> str:
+    """Text for a Markdown table cell: pipes escaped, one line."""
+    return " ".join(str(text or "").split()).replace("|", "\\|")
 
 
 def _citation(meta: _Metadata) -> str:

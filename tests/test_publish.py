@@ -168,8 +168,11 @@ def test_citation_cff(bundle):
 def test_data_card_lists_variables_and_pipeline(store, bundle):
     card = (bundle / "README.md").read_text()
     ds = open_sweep(store)
-    for name in ds.data_vars:
-        assert f"| `{name}` |" in card
+    table = card.split("## Variables")[1].split("## Provenance")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert sorted(row.split("`")[1] for row in rows) == sorted(ds.data_vars)
+    for row in rows:  # four columns: pipes inside cells are escaped
+        assert row.replace("\\|", "").count("|") == 5, row
     assert ds.attrs["pipeline"].strip() in card
     assert "sha256sum -c SHA256SUMS" in card
 
@@ -265,3 +268,29 @@ def test_no_creators_warns_and_marks_unavailable(store, tmp_path):
     meta = json.loads((out / "datacite.json").read_text())
     assert meta["creators"] == [{"name": ":unav"}]
     verify(out)
+
+
+def test_imported_store_publishes_with_its_origin(tmp_path):
+    from phasearray.importers import import_phase_ml
+
+    rng = np.random.default_rng(3)
+    arrays = {
+        "W": rng.normal(size=(2, 3, 16, 32)),
+        "dW": rng.normal(size=(2, 3, 16, 32)),
+        "loss": rng.uniform(size=(2, 3)),
+        "Wt": rng.normal(size=(2, 16, 32)),
+        "Z": rng.normal(size=(2, 1, 16)),
+        "M": rng.normal(size=(2, 32, 3)),
+    }
+    release = tmp_path / "r2K16_tanh_lr0.5_bs4_eps2" / "data.npz"
+    release.parent.mkdir()
+    np.savez(release, arrays)
+    store = import_phase_ml(release, tmp_path / "imported.zarr")
+
+    out = publish(store, tmp_path / "bundle", creators=CREATORS)
+    verify(out)
+    meta = json.loads((out / "datacite.json").read_text())
+    assert "read from the 'phase_ml' format" in meta["descriptions"][0]["description"]
+    ds = open_catalog(out).open("imported")
+    np.testing.assert_array_equal(ds["W2"].isel(T=0, sigma_W=0).values, arrays["W"])
+    ds.close()
