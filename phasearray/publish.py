@@ -28,6 +28,7 @@ import shutil
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,11 +241,25 @@ def _check_reopens(zip_path: Path, original: xr.Dataset) -> xr.Dataset:
 # --- metadata ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class _Metadata:
     """What every metadata file says, gathered once."""
 
-    def __init__(self, **values: Any) -> None:
-        self.__dict__.update(values)
+    name: str
+    title: str
+    creators: list[str]
+    publisher: str
+    description: str
+    licence: str
+    licence_name: str
+    pipeline_yaml: str
+    pipeline_name: str
+    fingerprint: str | None
+    store_version: str | None
+    version: str
+    created: str
+    year: str
+    grid: dict[str, Any]
 
     @classmethod
     def build(
@@ -265,7 +280,7 @@ class _Metadata:
                 f"no creators given; the metadata says {_UNAVAILABLE!r}. Fill them "
                 "in before depositing the bundle (creators=, --creator)",
                 PhasearrayWarning,
-                stacklevel=4,
+                stacklevel=3,  # build <- publish <- the caller
             )
         created = str(ds.attrs.get("created", ""))
         return cls(
