@@ -36,6 +36,7 @@ __all__ = [
     "load_pipeline",
     "named_pipelines",
     "parse_pipeline",
+    "variant_pipelines",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,14 @@ class Model(_Section):
 
 
 class Data(_Section):
-    """Teacher inputs x ~ N(0, I_n0): sizes of the training and test sets."""
+    """Inputs and the sizes of the training and test sets.
 
-    source: Literal["gaussian"] = "gaussian"
+    ``gaussian``: x ~ N(0, I_n0). ``digits``: the 8×8 handwritten digits that
+    scikit-learn ships (1 797 images, n0 = 64, pixels standardised), split per
+    seed into training and test sets; no download at run time.
+    """
+
+    source: Literal["gaussian", "digits"] = "gaussian"
     n_train: PositiveInt = 4000
     n_test: PositiveInt = 128
 
@@ -142,12 +148,22 @@ class LogCheckpoints(_Section):
 
 
 class Record(_Section):
-    """Checkpoints (steps) and at which of them to keep the full W2."""
+    """Checkpoints (steps), where to keep the full W2, and the chaos probe.
+
+    ``lyapunov: true`` trains a twin of every model from W2(0) + d0 (a random
+    direction of relative size ``lyapunov_perturbation``) on the same
+    minibatches, renormalises the separation every ``lyapunov_interval`` steps
+    and records the finite-time maximal Lyapunov exponent (about twice the
+    training cost).
+    """
 
     checkpoints: LogCheckpoints | tuple[Annotated[int, Field(ge=0)], ...] = (
         LogCheckpoints(log=30)
     )
     W2: Literal["all", "ends"] | tuple[Annotated[int, Field(ge=0)], ...] = "all"
+    lyapunov: bool = False
+    lyapunov_interval: PositiveInt = 100
+    lyapunov_perturbation: Annotated[float, Field(gt=0, le=1e-2)] = 1e-8
 
     @field_validator("checkpoints", "W2", mode="before")
     @classmethod
@@ -160,6 +176,24 @@ class Engine(_Section):
 
     name: Literal["auto", "numpy", "numba", "cupy", "cupy-fused"] = "auto"
     block_models: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+
+
+class Variants(_Section):
+    """A study: the same pipeline once per value of one field.
+
+    Each variant is stored apart (``<store>/<dim>=<label>.zarr``) and
+    :func:`phasearray.study.open_study` joins them along a new dim ``dim``.
+    """
+
+    dim: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    field: str
+    values: tuple[Any, ...]
+    labels: tuple[str | int | float, ...] | None = None
+
+    @field_validator("values", "labels", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
 
 
 class Pipeline(_Section):
@@ -180,6 +214,7 @@ class Pipeline(_Section):
     train: Train = Train()
     record: Record = Record()
     engine: Engine = Engine()
+    variants: Variants | None = None
 
     @property
     def n_models(self) -> int:
@@ -413,6 +448,10 @@ def _allowed_keys(loc: list[str]) -> list[str]:
 def _check_consistency(pipeline: Pipeline) -> None:
     """Checks that involve more than one field."""
     train, data, record = pipeline.train, pipeline.data, pipeline.record
+    if data.source == "digits":
+        _check_digits(pipeline)
+    if pipeline.variants is not None:
+        variant_pipelines(pipeline)  # each variant must be valid on its own
     if train.batch_size > data.n_train:
         raise ConfigError(
             f"field 'train.batch_size': got {train.batch_size}; must be at most "
@@ -431,6 +470,61 @@ def _check_consistency(pipeline: Pipeline) -> None:
                 f"field 'record.W2': got {list(record.W2)}; steps {missing} are not "
                 "checkpoints; W2 can be kept only at checkpoints"
             )
+
+
+def variant_pipelines(pipeline: Pipeline) -> list[tuple[Any, Pipeline]]:
+    """The pipelines of a study, one per value of ``variants.field``.
+
+    Returns
+    -------
+    list of (label, Pipeline)
+        Labels are ``variants.labels`` or the values themselves (their position
+        where a value is not a number or string).
+    """
+    variants = pipeline.variants
+    if variants is None:
+        return [(None, pipeline)]
+    labels = variants.labels or tuple(
+        v if isinstance(v, int | float | str) and not isinstance(v, bool) else i
+        for i, v in enumerate(variants.values)
+    )
+    if len(labels) != len(variants.values) or len(set(labels)) != len(labels):
+        raise ConfigError(
+            f"field 'variants.labels': got {list(labels)}; need one distinct label "
+            f"per value ({len(variants.values)})"
+        )
+    base = pipeline.to_dict()
+    base.pop("variants")
+    out = []
+    for label, value in zip(labels, variants.values, strict=True):
+        raw = json.loads(json.dumps(base))
+        _apply_override(raw, f"{variants.field}={json.dumps(value)}")
+        raw["name"] = f"{pipeline.name}-{variants.dim}={label}"
+        try:
+            out.append((label, parse_pipeline(raw)))
+        except ConfigError as error:
+            raise ConfigError(
+                f"field 'variants.values': {variants.field} = {value!r} gives an "
+                f"invalid pipeline: {error}"
+            ) from None
+    return out
+
+
+DIGITS_SAMPLES, DIGITS_PIXELS = 1797, 64
+
+
+def _check_digits(pipeline: Pipeline) -> None:
+    data, n0 = pipeline.data, pipeline.model.widths[0]
+    if n0 != DIGITS_PIXELS:
+        raise ConfigError(
+            f"field 'model.widths': got n0 = {n0}; data.source 'digits' has "
+            f"{DIGITS_PIXELS} pixels, so n0 must be {DIGITS_PIXELS}"
+        )
+    if data.n_train + data.n_test > DIGITS_SAMPLES:
+        raise ConfigError(
+            f"fields 'data.n_train' + 'data.n_test': got {data.n_train} + "
+            f"{data.n_test}; the digits data set has {DIGITS_SAMPLES} images"
+        )
 
 
 def _check_steps(field: str, steps: tuple[int, ...], last: int) -> None:

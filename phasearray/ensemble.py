@@ -9,6 +9,7 @@ the data and the minibatch sequence.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,6 +74,7 @@ def make_ensemble(
     widths: Sequence[int],
     n_train: int,
     n_test: int,
+    source: str = "gaussian",
 ) -> Ensemble:
     """Draw teachers, inputs and standard-normal initial matrices, float64.
 
@@ -83,6 +85,9 @@ def make_ensemble(
     widths : (n0, n1, n2, n3)
     n_train, n_test : int
         Sizes of the training and test sets.
+    source : {"gaussian", "digits"}
+        Inputs x ~ N(0, I), or scikit-learn's handwritten digits (standardised
+        pixels, n0 = 64), split per stream into training and test images.
     """
     n0, n1, n2, n3 = widths
     shapes = {
@@ -96,7 +101,16 @@ def make_ensemble(
     arrays = {
         name: np.stack([_normal(key, name, shape, fan_in) for key in keys])
         for name, (shape, fan_in) in shapes.items()
+        if source == "gaussian" or not name.startswith("x_")
     }
+    if source == "digits":
+        splits = [_digits_split(key, n_train, n_test) for key in keys]
+        arrays["x_train"] = np.stack([train for train, _ in splits])
+        arrays["x_test"] = np.stack([test for _, test in splits])
+    elif source != "gaussian":
+        raise ValueError(
+            f"data source {source!r} is not known; choose gaussian or digits"
+        )
     return Ensemble(keys=tuple(tuple(k) for k in keys), **arrays)
 
 
@@ -105,6 +119,34 @@ def _normal(
 ) -> np.ndarray:
     generator = keyed_generator(key, _TAGS[name])
     return generator.standard_normal(shape) / np.sqrt(fan_in)
+
+
+@functools.cache
+def _digits() -> np.ndarray:
+    """scikit-learn's 1 797 digit images as standardised pixels, dims (1797, 64)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError(
+            "data.source 'digits' needs scikit-learn: pip install 'phasearray[digits]'"
+        ) from None
+    pixels = load_digits().data.astype(np.float64)
+    spread = pixels.std(axis=0)
+    # Pixels that are always blank carry no information: they stay 0.
+    return np.divide(
+        pixels - pixels.mean(axis=0),
+        spread,
+        out=np.zeros_like(pixels),
+        where=spread > 0,
+    )
+
+
+def _digits_split(
+    key: StreamKey, n_train: int, n_test: int
+) -> tuple[np.ndarray, np.ndarray]:
+    images = _digits()
+    order = keyed_generator(key, _TAGS["x_train"]).permutation(images.shape[0])
+    return images[order[:n_train]], images[order[n_train : n_train + n_test]]
 
 
 def teacher_outputs(

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 MODEL_DIMS = ("T", "sigma_W", "seed")
-_HIDDEN = ("resume_W2",)
+_HIDDEN = ("resume_W2", "resume_twin")
 
 # name: (extra dims after (T, sigma_W, seed, t), long_name, units)
 _CHECKPOINT_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
@@ -59,6 +59,23 @@ _CHECKPOINT_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "done": ((), "checkpoint written", "1"),
 }
 _BOOL_VARS = ("diverged", "done")
+
+# Recorded only with ``record.lyapunov``.
+_LYAPUNOV_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "lyapunov": ((), "finite-time maximal Lyapunov exponent", "1/step"),
+    "lyapunov_log_growth": ((), "running sum of log(d/d0) of the twin", "1"),
+}
+
+
+def _checkpoint_vars(pipeline: Pipeline) -> dict[str, tuple[tuple[str, ...], str, str]]:
+    if pipeline.record.lyapunov:
+        return {**_CHECKPOINT_VARS, **_LYAPUNOV_VARS}
+    return dict(_CHECKPOINT_VARS)
+
+
+def _resume_vars(pipeline: Pipeline) -> tuple[str, ...]:
+    return ("resume_W2", "resume_twin") if pipeline.record.lyapunov else ("resume_W2",)
+
 
 _ENSEMBLE_VARS: dict[str, tuple[tuple[str, ...], str]] = {
     "teacher_W1": (("unit1", "unit0"), "teacher weights W̄1"),
@@ -209,7 +226,7 @@ def _template(
     dtype = np.dtype(pipeline.train.dtype)
 
     variables: dict[str, xr.DataArray] = {}
-    for name, (extra, long_name, units) in _CHECKPOINT_VARS.items():
+    for name, (extra, long_name, units) in _checkpoint_vars(pipeline).items():
         dims = (*MODEL_DIMS, "t", *extra)
         var_dtype = np.dtype(bool) if name in _BOOL_VARS else dtype
         fill = False if name in _BOOL_VARS else np.nan
@@ -223,14 +240,15 @@ def _template(
     resume_dims = ("slot", *MODEL_DIMS, "unit2", "unit1")
     resume_shape = (2, *(sizes[d] for d in resume_dims[1:]))
     resume_chunks = (1, *(chunk.get(d, sizes[d]) for d in resume_dims[1:]))
-    variables["resume_W2"] = xr.DataArray(
-        da.full(resume_shape, np.nan, dtype=dtype, chunks=resume_chunks),
-        dims=resume_dims,
-        attrs={
-            "long_name": "W2 at the last two checkpoints, for exact resume",
-            "units": "1",
-        },
-    )
+    for name in _resume_vars(pipeline):
+        variables[name] = xr.DataArray(
+            da.full(resume_shape, np.nan, dtype=dtype, chunks=resume_chunks),
+            dims=resume_dims,
+            attrs={
+                "long_name": f"{name[7:]} at the last two checkpoints, for exact resume",
+                "units": "1",
+            },
+        )
 
     lead = MODEL_DIMS if pipeline.grid.fresh_teachers else ("seed",)
     for name, (extra, long_name) in _ENSEMBLE_VARS.items():
@@ -480,21 +498,29 @@ class BlockWriter:
         done = self._group["done"][(*self.block.slices, slice(None))]
         return np.asarray(done).reshape(-1, done.shape[-1]).all(axis=0)
 
-    def resume_W2(self, k: int) -> np.ndarray:
-        """W2 saved at checkpoint ``k``, dims (T, sigma_W, seed, unit2, unit1)."""
-        return np.asarray(self._group["resume_W2"][(k % 2, *self.block.slices)])
+    def read(self, name: str, k: int) -> np.ndarray:
+        """The block's values of ``name`` at checkpoint ``k``, dims (T, sigma_W, seed, …).
+
+        ``resume_W2`` and ``resume_twin`` are read from their slot ``k % 2``.
+        """
+        if name.startswith("resume_"):
+            return np.asarray(self._group[name][(k % 2, *self.block.slices)])
+        return np.asarray(self._group[name][(*self.block.slices, k)])
 
     def write_checkpoint(
         self, k: int, values: Mapping[str, np.ndarray], keep_W2: bool
     ) -> None:
         """Write one checkpoint's data, the resume slot, then mark it done."""
         region = (*self.block.slices, slice(k, k + 1))
+        slot = (k % 2, *self.block.slices)
         with zarr.config.set({"array.write_empty_chunks": True}):
             for name, array in values.items():
-                if name == "W2" and not keep_W2:
+                if name == "twin_W2" or (name == "W2" and not keep_W2):
                     continue
                 self._group[name][region] = array[:, :, :, None]
-            self._group["resume_W2"][(k % 2, *self.block.slices)] = values["W2"]
+            self._group["resume_W2"][slot] = values["W2"]
+            if "twin_W2" in values:
+                self._group["resume_twin"][slot] = values["twin_W2"]
             done = np.ones((*self.block.shape, 1), dtype=bool)
             self._group["done"][region] = done
 
@@ -510,9 +536,8 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
     path = Path(path)
     try:
         group = zarr.open_group(path, mode="r", zarr_format=3)
-        arrays = {
-            name: group[name] for name in (*_CHECKPOINT_VARS, *_HIDDEN, *_ENSEMBLE_VARS)
-        }
+        names = (*_checkpoint_vars(pipeline), *_resume_vars(pipeline), *_ENSEMBLE_VARS)
+        arrays = {name: group[name] for name in names}
         done = np.asarray(arrays["done"][...])
     except Exception as error:
         raise StoreError(f"store {str(path)!r} is damaged: {error}") from None
@@ -526,7 +551,7 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
     for block in plan_blocks(pipeline):
         per_t = done[block.slices].reshape(-1, done.shape[-1]).all(axis=0)
         for k in np.flatnonzero(per_t):
-            for name in _CHECKPOINT_VARS:
+            for name in _checkpoint_vars(pipeline):
                 if name == "W2" and not keep_W2[k]:
                     continue
                 key = _chunk_key(name, arrays[name], block, int(k))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import lyapunov
 from . import observables as obs
 from .activations import activate
 from .config import Pipeline, parse_pipeline
@@ -175,25 +176,100 @@ def run_block(
 
     setup = _block_setup(pipeline, block)
     W2_initial = setup.W2_initial
-    W2_start = W2_initial if n_done == 0 else _flat(writer.resume_W2(n_done - 1))
-    state = engine.start(setup.problem, W2_start)
-    test = _test_arrays(engine, setup, W2_initial, pipeline)
+    W2_start = (
+        W2_initial if n_done == 0 else _flat(writer.read("resume_W2", n_done - 1))
+    )
+    test = held_out_arrays(
+        engine,
+        setup.ensemble.x_test,
+        _teacher(setup.ensemble),
+        W2_initial,
+        setup.problem,
+    )
+    if pipeline.record.lyapunov:
+        return _run_with_twins(
+            pipeline, block, engine, writer, setup, test, n_done, progress
+        )
 
+    state = engine.start(setup.problem, W2_start)
     model_steps = 0
-    t_previous = int(checkpoints[n_done - 1]) if n_done else 0
-    for k in range(n_done, checkpoints.size):
-        t_k = int(checkpoints[k])
+    for k, t_previous, t_k in _segments(checkpoints, n_done):
         engine.advance(state, t_previous, t_k)
         _mark_diverged(engine, state)
         values = checkpoint_observables(engine, state, test)
         writer.write_checkpoint(
-            k, _unflatten(values, block.shape), keep_W2=bool(pipeline.W2_checkpoints[k])
+            k, _unflatten(values, block.shape), bool(pipeline.W2_checkpoints[k])
         )
-        steps = (t_k - t_previous) * block.n_models
-        model_steps += steps
-        if progress is not None:
-            progress(steps)
-        t_previous = t_k
+        model_steps += _report(progress, (t_k - t_previous) * block.n_models)
+    return model_steps
+
+
+def _segments(checkpoints: np.ndarray, n_done: int) -> list[tuple[int, int, int]]:
+    """(k, t_{k-1}, t_k) for the checkpoints still to do."""
+    t = [0, *checkpoints.tolist()]
+    return [(k, t[k], t[k + 1]) for k in range(n_done, checkpoints.size)]
+
+
+def _report(progress: Progress | None, model_steps: int) -> int:
+    if progress is not None:
+        progress(model_steps)
+    return model_steps
+
+
+def _teacher(e: Ensemble) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return e.teacher_W1, e.teacher_W2, e.teacher_W3
+
+
+def _run_with_twins(
+    pipeline: Pipeline,
+    block: Block,
+    engine: Engine,
+    writer: BlockWriter,
+    setup: _BlockSetup,
+    test: dict[str, Any],
+    n_done: int,
+    progress: Progress | None,
+) -> int:
+    """The block loop with a twin per model for the Lyapunov exponent."""
+    record = pipeline.record
+    twins_0, _ = lyapunov.initial_twins(
+        setup.W2_initial, setup.member_keys, record.lyapunov_perturbation
+    )
+    if n_done == 0:
+        start = np.concatenate([setup.W2_initial, twins_0])
+        log_growth = np.zeros(block.n_models)
+    else:
+        saved = [
+            _flat(writer.read(name, n_done - 1))
+            for name in ("resume_W2", "resume_twin")
+        ]
+        start = np.concatenate(saved)
+        log_growth = (
+            writer.read("lyapunov_log_growth", n_done - 1).ravel().astype(np.float64)
+        )
+
+    state = engine.start(lyapunov.twin_problem(setup.problem), start)
+    base = lyapunov.base_view(state, setup.problem)
+    model_steps = 0
+    for k, t_previous, t_k in _segments(pipeline.checkpoints, n_done):
+        lyapunov.advance_with_twins(
+            engine,
+            state,
+            t_previous,
+            t_k,
+            record.lyapunov_interval,
+            record.lyapunov_perturbation,
+            log_growth,
+        )
+        _mark_diverged(engine, state)
+        values = checkpoint_observables(engine, base, test)
+        values["lyapunov_log_growth"] = log_growth.copy()
+        values["lyapunov"] = lyapunov.exponent(log_growth, t_k)
+        values["twin_W2"] = engine.to_host(state.W2[block.n_models :]).copy()
+        writer.write_checkpoint(
+            k, _unflatten(values, block.shape), bool(pipeline.W2_checkpoints[k])
+        )
+        model_steps += _report(progress, 2 * (t_k - t_previous) * block.n_models)
     return model_steps
 
 
@@ -202,6 +278,7 @@ class _BlockSetup:
     problem: SGDProblem
     ensemble: Ensemble
     W2_initial: np.ndarray
+    member_keys: list[tuple[int, ...]]
 
 
 def _block_setup(pipeline: Pipeline, block: Block) -> _BlockSetup:
@@ -224,7 +301,9 @@ def _block_setup(pipeline: Pipeline, block: Block) -> _BlockSetup:
         member_stream = np.tile(np.arange(seeds.size), T.size * sigma_W.size)
 
     widths = pipeline.model.widths
-    ensemble = make_ensemble(keys, widths, pipeline.data.n_train, pipeline.data.n_test)
+    ensemble = make_ensemble(
+        keys, widths, pipeline.data.n_train, pipeline.data.n_test, pipeline.data.source
+    )
     activation = pipeline.model.activation
     phi1 = activate(
         activation, ensemble.x_train @ np.swapaxes(ensemble.teacher_W1, 1, 2), np
@@ -250,7 +329,12 @@ def _block_setup(pipeline: Pipeline, block: Block) -> _BlockSetup:
     )
     scale = sigma_m / np.sqrt(widths[1])
     W2_initial = scale[:, None, None] * ensemble.W2_normal[member_stream]
-    return _BlockSetup(problem, ensemble, W2_initial.astype(pipeline.train.dtype))
+    member_keys = [
+        stream_key(s, t, sw) for t, sw, s in zip(T_m, sigma_m, seed_m, strict=True)
+    ]
+    return _BlockSetup(
+        problem, ensemble, W2_initial.astype(pipeline.train.dtype), member_keys
+    )
 
 
 def _ensemble_arrays(pipeline: Pipeline) -> dict[str, np.ndarray]:
@@ -267,26 +351,17 @@ def _ensemble_arrays(pipeline: Pipeline) -> dict[str, np.ndarray]:
         keys = [stream_key(s) for s in pipeline.seeds]
         lead = (len(keys),)
     ensemble = make_ensemble(
-        keys, pipeline.model.widths, pipeline.data.n_train, pipeline.data.n_test
+        keys,
+        pipeline.model.widths,
+        pipeline.data.n_train,
+        pipeline.data.n_test,
+        pipeline.data.source,
     )
     names = ("teacher_W1", "teacher_W2", "teacher_W3", "x_train", "x_test")
     return {
         n: getattr(ensemble, n).reshape(*lead, *getattr(ensemble, n).shape[1:])
         for n in names
     }
-
-
-def _test_arrays(
-    engine: Engine, setup: _BlockSetup, W2_initial: np.ndarray, pipeline: Pipeline
-) -> dict[str, Any]:
-    e = setup.ensemble
-    return held_out_arrays(
-        engine,
-        e.x_test,
-        (e.teacher_W1, e.teacher_W2, e.teacher_W3),
-        W2_initial,
-        setup.problem,
-    )
 
 
 def held_out_arrays(
