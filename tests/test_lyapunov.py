@@ -57,6 +57,7 @@ def test_hot_cells_are_chaotic_and_ordered_cells_are_not(tmp_path: Path) -> None
     overrides = tiny_overrides(
         **{
             "grid.T": "[0.125, 8.0]",
+            "data.n_train": "4000",
             "grid.sigma_W": "[0.125]",
             "train.steps": "1000",
             "record.checkpoints": "[0, 1000]",
@@ -65,10 +66,10 @@ def test_hot_cells_are_chaotic_and_ordered_cells_are_not(tmp_path: Path) -> None
     )
     pa.run_sweep(load_pipeline("quick", overrides), tmp_path / "c.zarr")
     lam = pa.open_sweep(tmp_path / "c.zarr").lyapunov.isel(t=-1, sigma_W=0).load()
-    assert (
-        lam.sel(T=8.0) > 0.005
-    ).all()  # SPEC §2: O(1) growth from 1e-14 in 1000 steps
-    assert (lam.sel(T=0.125) < 0).all()
+    # SPEC §2: a 1e-14 change grows to O(1) within 1000 steps at T >= 2 (λ > 0.03),
+    # and stays ~1e-14 at T <= 0.5 (|λ| ≪ 0.03); measured here ~0.15 and ≤ 1e-3
+    assert (lam.sel(T=8.0) > 0.05).all()
+    assert (abs(lam.sel(T=0.125)) < 3e-3).all()
 
 
 def test_resume_with_twins_is_bit_identical(tmp_path: Path) -> None:
