@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import re
 import shutil
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +32,12 @@ from phasearray.activations import activate
 from phasearray.engines import SGDProblem, get_engine
 from phasearray.engines.gpu import (
     KERNEL_SOURCE,
+    NVRTC_OPTIONS,
     CupyEngine,
     CupyFusedEngine,
     FusedKernelEngine,
     KernelConfig,
+    _compiled_kernel,
     block_layout,
     kernel_config,
 )
@@ -195,16 +200,25 @@ class HostKernels:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.functions: dict[KernelConfig, object] = {}
+        self.functions: dict[tuple[str, ...], object] = {}
 
-    def __call__(self, config: KernelConfig):
-        if config not in self.functions:
-            self.functions[config] = self._build(config)
-        return self.functions[config]
+    def launch(self, template_arguments, n_blocks, threads, arguments) -> None:
+        """Run one instantiation like a CUDA launch of (n_blocks, threads)."""
+        assert threads == 32 * int(template_arguments[-1])
+        if template_arguments not in self.functions:
+            self.functions[template_arguments] = self._build(template_arguments)
+        pointers = []
+        for argument in arguments:
+            if isinstance(argument, np.ndarray):
+                assert argument.flags.c_contiguous
+                pointers.append(argument.ctypes.data_as(ctypes.c_void_p))
+            else:
+                pointers.append(int(argument))
+        status = self.functions[template_arguments](n_blocks, *pointers)
+        assert status == 0, "emulated kernel deadlocked: a barrier was not reached"
 
-    def _build(self, config: KernelConfig):
+    def _build(self, values: tuple[str, ...]):
         names = ("REAL", "N1", "N2", "N3", "BATCH", "ACTIVATION", "WARPS")
-        values = config.template_arguments
         macros = [f"-DPA_{n}={v}" for n, v in zip(names, values, strict=True)]
         library = self.folder / f"sgd_fused_{'_'.join(values)}.so"
         command = ["g++", "-std=c++17", "-O2", "-ffp-contract=off", "-shared", "-fPIC"]
@@ -236,15 +250,9 @@ class HostFusedEngine(FusedKernelEngine):
         self.kernels = kernels
 
     def _launch(self, config, n_blocks, arguments) -> None:
-        pointers = []
-        for argument in arguments:
-            if isinstance(argument, np.ndarray):
-                assert argument.flags.c_contiguous
-                pointers.append(argument.ctypes.data_as(ctypes.c_void_p))
-            else:
-                pointers.append(int(argument))
-        status = self.kernels(config)(n_blocks, *pointers)
-        assert status == 0, "emulated kernel deadlocked: a barrier was not reached"
+        self.kernels.launch(
+            config.template_arguments, n_blocks, config.threads, arguments
+        )
 
 
 @pytest.mark.parametrize(
@@ -326,6 +334,83 @@ def test_emulated_kernel_reproduces_authors_trajectory(host_kernels, authors_cas
         np.testing.assert_allclose(
             state.W2[0], reference, rtol=0, atol=1e-10 * np.abs(reference).max()
         )
+
+
+# --- the CuPy glue, through a stand-in CuPy ----------------------------------------
+
+
+class StandInCupy(types.ModuleType):
+    """A ``cupy`` module made of NumPy plus a RawModule that runs the emulation.
+
+    It lets CupyEngine and CupyFusedEngine run their own code (device check,
+    NVRTC options and name expressions, launch geometry and arguments)
+    without CUDA; arrays are NumPy arrays.
+    """
+
+    def __init__(self, kernels: HostKernels) -> None:
+        super().__init__("cupy")
+        self.kernels = kernels
+        self.compiled: list[dict] = []
+        self.asnumpy = np.asarray
+        self.cuda = types.SimpleNamespace(
+            runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)
+        )
+        self.RawModule = self._raw_module
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    def _raw_module(self, code, options, name_expressions):
+        self.compiled.append(
+            {"code": code, "options": options, "names": name_expressions}
+        )
+        kernels = self.kernels
+
+        class Module:
+            def get_function(self, name):
+                assert name in name_expressions
+                template = re.fullmatch(r"sgd_fused<(.*)>", name).group(1)
+                values = tuple(v.strip() for v in template.split(","))
+
+                def kernel(grid, block, arguments):
+                    kernels.launch(values, grid[0], block[0], arguments)
+
+                return kernel
+
+        return Module()
+
+
+@pytest.fixture
+def stand_in_cupy(host_kernels, monkeypatch):
+    module = StandInCupy(host_kernels)
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    _compiled_kernel.cache_clear()
+    yield module
+    _compiled_kernel.cache_clear()
+
+
+def test_cupy_fused_engine_glue_runs_the_kernel(stand_in_cupy) -> None:
+    problem, W2 = make_problem(ORDERED + JAMMED)
+    engine = get_engine("cupy-fused")
+    assert isinstance(engine, CupyFusedEngine)
+    fused = train(engine, problem, W2, 100, splits=(50,))
+    reference = train(get_engine("numpy"), problem, W2, 100)
+    assert_close_per_member(fused, reference, RTOL["float64"])
+
+    # compiled once, from the shipped source, with the documented options
+    (compiled,) = stand_in_cupy.compiled
+    assert compiled["code"] == KERNEL_SOURCE.read_text()
+    assert compiled["options"] == NVRTC_OPTIONS
+    assert compiled["names"] == ["sgd_fused<double, 32, 16, 1, 4, 0, 4>"]
+
+
+def test_cupy_engine_glue_runs_the_batched_reference(stand_in_cupy) -> None:
+    problem, W2 = make_problem(ORDERED)
+    engine = get_engine("cupy")
+    assert isinstance(engine, CupyEngine) and engine.xp is stand_in_cupy
+    np.testing.assert_array_equal(
+        train(engine, problem, W2, 50), train(get_engine("numpy"), problem, W2, 50)
+    )
 
 
 # --- host-side planning -------------------------------------------------------------
