@@ -8,6 +8,8 @@ Without a GPU:
   as in lock-step. That emulated engine shares all host code with
   ``CupyFusedEngine`` (block layout, index chunks, launch arguments) and is
   compared with the NumPy engine and the authors' trajectory;
+- CupyEngine and CupyFusedEngine run their own code through a stand-in
+  ``cupy`` made of NumPy and that emulation;
 - asking for ``cupy`` or ``cupy-fused`` raises EngineUnavailableError.
 
 With a GPU (skipped otherwise; tests named ``test_gpu_*``): both CuPy engines
