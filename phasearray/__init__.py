@@ -16,6 +16,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
+from .catalog import open_catalog
 from .config import Pipeline, load_pipeline, parse_pipeline
 from .errors import (
     ConfigError,
@@ -39,6 +40,7 @@ __all__ = [
     "StoreMismatchError",
     "__version__",
     "load_pipeline",
+    "open_catalog",
     "open_sweep",
     "parse_pipeline",
     "run_sweep",

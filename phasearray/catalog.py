@@ -47,7 +47,6 @@ from urllib.parse import urlparse
 import numpy as np
 import xarray as xr
 import yaml
-import zarr.storage
 
 from .errors import ConfigError, StoreError, StoreMismatchError
 from .store import SCHEMA_VERSION, open_sweep
@@ -149,20 +148,7 @@ def open_store(location: str | Path) -> xr.Dataset:
     text = str(location)
     if _is_url(text):
         return _open_url(text)
-    path = Path(location)
-    if path.is_file() and path.suffix == ".zip":
-        return _open_zip(path)
-    return open_sweep(path)
-
-
-def _open_zip(path: Path) -> xr.Dataset:
-    try:
-        zipped = zarr.storage.ZipStore(path, mode="r")
-        ds = xr.open_zarr(zipped, chunks={}, consolidated=False, zarr_format=3)
-    except Exception as error:  # zipfile, zarr and xarray raise many kinds here
-        raise StoreError(f"cannot open zipped store {str(path)!r}: {error}") from None
-    _check_schema(ds.attrs, str(path))
-    return ds
+    return open_sweep(Path(location))
 
 
 def _open_url(url: str) -> xr.Dataset:

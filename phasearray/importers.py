@@ -62,7 +62,7 @@ from . import observables
 from .catalog import sha256_file
 from .config import Pipeline, parse_pipeline
 from .errors import ConfigError, PhasearrayError, StoreError
-from .store import MODEL_DIMS, _attrs, _check_writable, _coords
+from .store import MODEL_DIMS, check_writable, store_attrs, store_coords
 
 __all__ = [
     "PHASE_ML_BATCHES_PER_EPOCH",
@@ -503,7 +503,7 @@ def import_phase_ml(
     # First pass: read and check everything before anything is written.
     shapes = {cell.path: _shape_of(read_phase_ml(cell.path)) for cell in cells}
     pipeline = _import_pipeline(cells, shapes, epochs)
-    _check_writable(store)
+    check_writable(store)
 
     # Written under a temporary name and renamed at the end, so the store
     # exists whole or not at all.
@@ -632,7 +632,7 @@ _ENSEMBLE_VARS = {
 
 def _template(pipeline: Pipeline, cells: Sequence[PhaseMLCell]) -> xr.Dataset:
     """Lazy dataset of the whole store, chunked one file (cell) per chunk."""
-    coords = _coords(pipeline)
+    coords = store_coords(pipeline)
     n0, n1, n2, n3 = pipeline.model.widths
     sizes = {
         "T": len(pipeline.grid.T),
@@ -651,7 +651,7 @@ def _template(pipeline: Pipeline, cells: Sequence[PhaseMLCell]) -> xr.Dataset:
         variables[name] = _empty((*MODEL_DIMS, "t", *extra), sizes, dtype, long_name)
     for name, (_, extra, long_name) in _ENSEMBLE_VARS.items():
         variables[name] = _empty((*MODEL_DIMS, *extra), sizes, np.float64, long_name)
-    attrs = _attrs(pipeline, engine="phase_ml (imported)")
+    attrs = store_attrs(pipeline, engine="phase_ml (imported)")
     attrs["source_format"] = "phase_ml"
     attrs["source_files"] = [_source_record(cell) for cell in cells]
     return xr.Dataset(variables, coords=coords, attrs=attrs)

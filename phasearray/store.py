@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,7 @@ def create_store(
         Name of the engine that trains the models (recorded in the attributes).
     """
     path = Path(path)
-    _check_writable(path)
+    check_writable(path)
     template = _template(pipeline, ensemble, engine)
     encoding = _encoding(template, pipeline)
 
@@ -201,7 +202,7 @@ def create_store(
     logger.info("created store %s", path)
 
 
-def _check_writable(path: Path) -> None:
+def check_writable(path: Path) -> None:
     if path.exists():
         raise StoreError(f"store {str(path)!r} already exists")
     parent = path.absolute().parent
@@ -218,7 +219,7 @@ def _check_writable(path: Path) -> None:
 def _template(
     pipeline: Pipeline, ensemble: Mapping[str, np.ndarray], engine: str
 ) -> xr.Dataset:
-    coords = _coords(pipeline)
+    coords = store_coords(pipeline)
     sizes = {name: len(coords[name][1]) for name in ("T", "sigma_W", "seed", "t")}
     n0, n1, n2, n3 = pipeline.model.widths
     sizes |= {"unit0": n0, "unit1": n1, "unit2": n2, "unit3": n3, "eigen": n2}
@@ -258,10 +259,10 @@ def _template(
             attrs={"long_name": long_name, "units": "1"},
         )
 
-    return xr.Dataset(variables, coords=coords, attrs=_attrs(pipeline, engine))
+    return xr.Dataset(variables, coords=coords, attrs=store_attrs(pipeline, engine))
 
 
-def _coords(pipeline: Pipeline) -> dict[str, Any]:
+def store_coords(pipeline: Pipeline) -> dict[str, Any]:
     T = np.asarray(pipeline.grid.T, dtype=np.float64)
     sigma_W = np.asarray(pipeline.grid.sigma_W, dtype=np.float64)
     t = pipeline.checkpoints
@@ -293,7 +294,7 @@ def _coords(pipeline: Pipeline) -> dict[str, Any]:
     }
 
 
-def _attrs(pipeline: Pipeline, engine: str) -> dict[str, Any]:
+def store_attrs(pipeline: Pipeline, engine: str) -> dict[str, Any]:
     from . import __version__
 
     return {
@@ -380,17 +381,19 @@ def open_sweep(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
     >>> ds = open_sweep("runs/quick.zarr")  # doctest: +SKIP
     >>> ds.test_loss.sel(t=ds.t[-1]).median("seed")  # doctest: +SKIP
     """
-    path = _existing(path)
+    location: Any = _existing(path)
+    if Path(path).is_file():
+        location = zarr.storage.ZipStore(path, mode="r")
     try:
         ds = xr.open_zarr(
-            path,
+            location,
             chunks={} if chunks is None else chunks,
             consolidated=False,
             zarr_format=3,
         )
-    except Exception as error:  # zarr and xarray raise many kinds here
+    except Exception as error:  # zipfile, zarr and xarray raise many kinds here
         raise StoreError(f"cannot open store {str(path)!r}: {error}") from None
-    _check_schema(ds.attrs, path)
+    _check_schema(ds.attrs, Path(path))
     ds = ds.drop_vars([v for v in _HIDDEN if v in ds.variables])
     # Small 1-D coordinates are read now, so labels never need a compute.
     return ds.assign_coords(
@@ -402,6 +405,8 @@ def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise StoreError(f"store {str(path)!r} does not exist")
+    if path.is_file() and zipfile.is_zipfile(path):
+        return path  # a store packed as one file by `phasearray publish`
     if not path.is_dir():
         raise StoreError(f"store {str(path)!r} is a file, not a Zarr store folder")
     if not (path / "zarr.json").is_file():
@@ -423,8 +428,9 @@ def _check_schema(attrs: Mapping[str, Any], path: Path) -> None:
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """Root attributes of a store, checked for the schema version."""
     path = _existing(path)
+    location: Any = zarr.storage.ZipStore(path, mode="r") if path.is_file() else path
     try:
-        attrs = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+        attrs = dict(zarr.open_group(location, mode="r", zarr_format=3).attrs)
     except Exception as error:
         raise StoreError(f"cannot open store {str(path)!r}: {error}") from None
     _check_schema(attrs, path)
@@ -534,6 +540,8 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
         Naming the first missing array or chunk; nothing is changed.
     """
     path = Path(path)
+    if read_attrs(path).get("source_format"):
+        return  # imported from another format: written whole, no resume state
     try:
         group = zarr.open_group(path, mode="r", zarr_format=3)
         names = (*_checkpoint_vars(pipeline), *_resume_vars(pipeline), *_ENSEMBLE_VARS)
