@@ -46,7 +46,11 @@ from phasearray.engines.gpu import (
 from phasearray.ensemble import make_ensemble, stream_key, teacher_outputs
 from phasearray.errors import EngineUnavailableError
 
-CUDA_DIR = KERNEL_SOURCE.parent
+# The kernel sources as installed; from the checkout where the package was
+# installed without them (test_kernel_sources_ship_with_the_package fails then).
+CHECKOUT_CUDA = Path(__file__).resolve().parents[1] / "phasearray" / "engines" / "cuda"
+CUDA_DIR = KERNEL_SOURCE.parent if KERNEL_SOURCE.is_file() else CHECKOUT_CUDA
+CUDA_FILES = ("sgd_fused.cu", "host_shim.h", "host_launch.cpp")
 GPU = CupyEngine.is_available()
 requires_gpu = pytest.mark.skipif(not GPU, reason="CuPy sees no CUDA device here")
 
@@ -144,7 +148,7 @@ def instantiation_source(config: KernelConfig) -> str:
     real = config.template_arguments[0]
     pointers = f"{real}*, " + ", ".join([f"const {real}*"] * 4)
     return (
-        f'#include "{KERNEL_SOURCE}"\n'
+        f'#include "{CUDA_DIR / "sgd_fused.cu"}"\n'
         f"template __global__ void {config.name_expression}"
         f"({pointers}, const int*, const int*, const int*, int, int);\n"
     )
@@ -152,6 +156,17 @@ def instantiation_source(config: KernelConfig) -> str:
 
 def default_config(dtype: str) -> KernelConfig:
     return KernelConfig(dtype, 32, 16, 1, 4, "tanh", 4)
+
+
+def test_kernel_sources_ship_with_the_package() -> None:
+    missing = [
+        name for name in CUDA_FILES if not (KERNEL_SOURCE.parent / name).is_file()
+    ]
+    assert not missing, (
+        f"{missing} are not installed with phasearray; add 'engines/cuda/*.cu', "
+        f"'engines/cuda/*.h' and 'engines/cuda/*.cpp' to "
+        f"[tool.setuptools.package-data] in pyproject.toml"
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -401,7 +416,7 @@ def test_cupy_fused_engine_glue_runs_the_kernel(stand_in_cupy) -> None:
 
     # compiled once, from the shipped source, with the documented options
     (compiled,) = stand_in_cupy.compiled
-    assert compiled["code"] == KERNEL_SOURCE.read_text()
+    assert compiled["code"] == (CUDA_DIR / "sgd_fused.cu").read_text()
     assert compiled["options"] == NVRTC_OPTIONS
     assert compiled["names"] == ["sgd_fused<double, 32, 16, 1, 4, 0, 4>"]
 
