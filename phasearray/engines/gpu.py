@@ -233,6 +233,12 @@ def block_layout(
     block_stream : (n_blocks,) int32
     block_members : (n_blocks, warps) int32
         Member of each warp, -1 where a block has fewer members than warps.
+
+    Examples
+    --------
+    >>> streams, members = block_layout(np.array([1, 0, 1, 1]), warps=2)
+    >>> streams.tolist(), members.tolist()
+    ([0, 1, 1], [[1, -1], [0, 2], [3, -1]])
     """
     streams, blocks = [], []
     for stream in np.unique(member_stream):
