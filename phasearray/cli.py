@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 # Modules that add their own subcommands with ``register(subparsers)``.
-_EXTENSIONS: tuple[str, ...] = ("phasearray.cli_catalog",)
+_EXTENSIONS: tuple[str, ...] = ("phasearray.cli_analysis", "phasearray.cli_catalog")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
