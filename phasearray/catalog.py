@@ -48,7 +48,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from .errors import ConfigError, StoreError, StoreMismatchError
+from .errors import ChecksumError, ConfigError, StoreError, StoreMismatchError
 from .store import SCHEMA_VERSION, open_sweep
 
 __all__ = [
@@ -75,10 +75,6 @@ ZIP_MEDIA_TYPE = "application/zip"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 _SHA256_MULTIHASH = "1220"  # multihash prefix: sha2-256, 32 bytes
 _ENV = "PHASEARRAY_CATALOG"
-
-
-class ChecksumError(StoreError):
-    """A file's size or SHA-256 differs from the one recorded for it."""
 
 
 # --- checksums ---------------------------------------------------------------------

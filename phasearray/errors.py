@@ -7,12 +7,14 @@ Each error also subclasses the built-in exception a caller would expect, so
 from __future__ import annotations
 
 __all__ = [
+    "ChecksumError",
     "ConfigError",
     "EngineUnavailableError",
     "PhasearrayError",
     "PhasearrayWarning",
     "StoreError",
     "StoreMismatchError",
+    "UnsafePickleError",
 ]
 
 
@@ -30,6 +32,14 @@ class StoreError(PhasearrayError, OSError):
 
 class StoreMismatchError(StoreError):
     """An existing store was made from another pipeline or schema."""
+
+
+class ChecksumError(StoreError):
+    """A file's size or SHA-256 differs from the one recorded for it."""
+
+
+class UnsafePickleError(PhasearrayError, ValueError):
+    """A pickle names a callable that plain NumPy arrays do not need."""
 
 
 class EngineUnavailableError(PhasearrayError, RuntimeError):

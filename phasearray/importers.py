@@ -61,7 +61,7 @@ import xarray as xr
 from . import observables
 from .catalog import sha256_file
 from .config import Pipeline, parse_pipeline
-from .errors import ConfigError, PhasearrayError, StoreError
+from .errors import ConfigError, StoreError, UnsafePickleError
 from .store import MODEL_DIMS, check_writable, store_attrs, store_coords
 
 __all__ = [
@@ -101,10 +101,6 @@ _ALLOWED_GLOBALS = frozenset(
         ("numpy", "dtype"),
     }
 )
-
-
-class UnsafePickleError(PhasearrayError, ValueError):
-    """A pickle names a callable that is not needed by plain NumPy arrays."""
 
 
 # --- safe reading ------------------------------------------------------------------
