@@ -243,6 +243,34 @@ def test_dbm_batches_broadcasting_and_nan_members() -> None:
 
 
 @pytest.mark.parametrize("convention", rmt.CONVENTIONS)
+def test_level_spacing_terms_from_the_end_rows_equal_the_full_matrices(convention):
+    rng = np.random.default_rng(4)
+    W2, W3, phi1, y = _models(rng)
+    # two data sets (seeds) shared by three members each, one member diverged
+    W2 = np.stack([W2[:3], W2[1:]])  # (2, 3, n2, n1)
+    W2[0, 1] = np.inf
+    phi1 = np.stack([phi1, phi1[::-1] ** 2])[:, None]  # (2, 1, n, n1)
+    y = np.stack([y, -y])[:, None]
+
+    full = rmt.dbm_coefficients(W2, W3, phi1, y, "tanh", convention=convention)
+    expected = rmt.level_spacing_coefficients(
+        full.K_tilde, full.V_tilde, convention=convention
+    )
+    got = rmt.dbm_level_spacing(W2, W3, phi1, y, "tanh", convention=convention)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == (2, 3)
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-14)
+    assert all(np.isnan(g[0, 1]) for g in got)
+
+    # each member on its own gives the same as in the grouped batch
+    for i, j in [(0, 0), (1, 2)]:
+        alone = rmt.dbm_coefficients(
+            W2[i, j], W3, phi1[i, 0], y[i, 0], "tanh", convention=convention
+        )
+        np.testing.assert_allclose(alone.V_tilde, full.V_tilde[i, j], rtol=1e-12)
+
+
+@pytest.mark.parametrize("convention", rmt.CONVENTIONS)
 def test_dbm_criterion_against_its_inequality(convention) -> None:
     K_S = np.array([-2.0, -2.0, 1.0, np.nan])
     V_S = np.array([1.0, 1.0, 1.0, 1.0])

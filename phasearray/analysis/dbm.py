@@ -84,13 +84,22 @@ def dbm(ds: xr.Dataset, t: int = -1, convention: str = "paper") -> xr.Dataset:
         output_dtypes=[np.float64] * 3,
         dask_gufunc_kwargs={"output_sizes": {"eigen_i": n2, "eigen_j": n2}},
     )
+    # a second pass for K_S, V_S, D_S: it needs only two rows of Ṽ, so what
+    # depends on it (the boundaries) does not pay for the whole matrices
     K_S, V_S, D_S = xr.apply_ufunc(
-        rmt.level_spacing_coefficients,
-        K_tilde,
-        V_tilde,
-        input_core_dims=[["eigen_i", "eigen_j"]] * 2,
+        rmt.dbm_level_spacing,
+        W2,
+        W3,
+        phi1,
+        y,
+        input_core_dims=[
+            ["unit2", "unit1"],
+            ["unit3", "unit2"],
+            ["sample", "unit1"],
+            ["sample", "unit3"],
+        ],
         output_core_dims=[[], [], []],
-        kwargs={"convention": convention},
+        kwargs={"activation": attr(ds, "activation"), "convention": convention},
         dask="parallelized",
         output_dtypes=[np.float64] * 3,
     )

@@ -127,10 +127,14 @@ def positive_log(ax: Axes, *values: Any) -> None:
         ax.set_yscale("log")
 
 
-def legend(ax: Axes, **options: Any) -> None:
-    """A legend, only when something labelled was drawn."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**options)
+def legend(ax: Axes, *, dark: bool = False, **options: Any) -> None:
+    """A legend, only when something labelled was drawn; ``dark`` for the
+    white lines drawn on maps."""
+    if not ax.get_legend_handles_labels()[0]:
+        return
+    if dark:
+        options |= {"facecolor": "0.25", "labelcolor": "white", "framealpha": 0.8}
+    ax.legend(**options)
 
 
 def note(ax: Axes, text: str) -> None:

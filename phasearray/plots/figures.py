@@ -270,7 +270,7 @@ def fig8_dbm_boundaries(ds: xr.Dataset, r: dict[str, Any]) -> Figure:
     ):
         draw.phase_map(fig, ax, final[name], label=label)
         draw.boundary_lines(ax, lines, color="white")
-    draw.legend(axes[1], fontsize="x-small", loc="lower left")
+    draw.legend(axes[1], fontsize="x-small", loc="lower left", dark=True)
     fig.suptitle(
         f"DBM criterion, eq. (4.15), convention {found.attrs.get('convention')}"
     )
@@ -299,7 +299,7 @@ def fig9_summary(ds: xr.Dataset, r: dict[str, Any]) -> Figure:
             float(found["jamming_inv_sigma_W"]),
         )
         ax.set_xlim(*draw.edges(1 / np.sort(final["sigma_W"].values)[::-1])[[0, -1]])
-    draw.legend(axes[0], fontsize="x-small", loc="lower left")
+    draw.legend(axes[0], fontsize="x-small", loc="lower left", dark=True)
     return fig
 
 
