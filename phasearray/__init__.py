@@ -27,6 +27,7 @@ from .errors import (
 )
 from .simulate import simulate
 from .store import open_sweep
+from .study import open_study, run_study
 from .sweep import run_sweep
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -41,8 +42,10 @@ __all__ = [
     "__version__",
     "load_pipeline",
     "open_catalog",
+    "open_study",
     "open_sweep",
     "parse_pipeline",
+    "run_study",
     "run_sweep",
     "simulate",
 ]

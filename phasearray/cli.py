@@ -110,25 +110,40 @@ def _add_run(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .config import load_pipeline
-    from .store import store_summary
-    from .sweep import run_sweep
 
     pipeline = load_pipeline(args.pipeline, args.overrides)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: got {args.workers}; must be at least 1")
+    if pipeline.variants is not None:
+        return _run_study(args, pipeline)
+
     store = args.store or Path("runs") / f"{pipeline.name}.zarr"
+    if _complete(store, pipeline):
+        print(f"store {store} is complete; nothing to do")
+        return EXIT_OK
+    with _client(args) as client:
+        _train(args, pipeline, store, client)
+    if not args.no_figures:
+        _write_figures(store, args.figures or store.with_name(store.stem + "-figures"))
+    return EXIT_OK
+
+
+def _complete(store: Path, pipeline: Any) -> bool:
+    """Check an existing store belongs to the pipeline; say whether it is done."""
+    from .store import check_same_pipeline, store_summary
+
     if store.exists() and not store.is_dir():
         raise StoreError(f"store {str(store)!r} is a file, not a Zarr store folder")
+    if not store.exists():
+        return False
+    check_same_pipeline(store, pipeline)
+    return bool(store_summary(store)["complete"])
 
-    if store.exists():
-        from .store import check_same_pipeline
 
-        check_same_pipeline(store, pipeline)
-        if store_summary(store)["complete"]:
-            print(f"store {store} is complete; nothing to do")
-            return EXIT_OK
+def _train(args: argparse.Namespace, pipeline: Any, store: Path, client: Any) -> None:
+    from .sweep import run_sweep
 
-    with _client(args) as client, _ProgressBar() as bar:
+    with _ProgressBar(pipeline.name) as bar:
         result = run_sweep(
             pipeline,
             store,
@@ -142,9 +157,24 @@ def _run(args: argparse.Namespace) -> int:
         f"store: {result.path} ({result.blocks_run} of {result.blocks_total} blocks run "
         f"with engine {result.engine}, {rate:.3g} model-steps/s)"
     )
+
+
+def _run_study(args: argparse.Namespace, pipeline: Any) -> int:
+    """Every variant of a study into ``<root>/<dim>=<label>.zarr``."""
+    from .study import claim_study_folder, study_stores
+
+    root = args.store or Path("runs") / pipeline.name
+    claim_study_folder(root, pipeline)
+    with _client(args) as client:
+        for _, variant, store in study_stores(pipeline, root):
+            if _complete(store, variant):
+                print(f"store {store} is complete; nothing to do")
+                continue
+            _train(args, variant, store, client)
     if not args.no_figures:
-        folder = args.figures or store.with_name(store.stem + "-figures")
-        _write_figures(store, folder)
+        for _, _, store in study_stores(pipeline, root):
+            _write_figures(store, store.with_name(store.stem + "-figures"))
+    print(f"study: {root} (open it with phasearray.open_study)")
     return EXIT_OK
 
 
@@ -212,7 +242,8 @@ def _local_cluster(workers: int, engine: str | None) -> Any:
 class _ProgressBar:
     """A tqdm bar over model-steps, with ETA."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "training") -> None:
+        self.label = label
         self.bar: Any = None
 
     def start(self, remaining: int, total: int) -> None:
@@ -223,7 +254,7 @@ class _ProgressBar:
             unit="model-step",
             unit_scale=True,
             dynamic_ncols=True,
-            desc="training",
+            desc=self.label,
             file=sys.stderr,
         )
 

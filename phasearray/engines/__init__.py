@@ -6,7 +6,7 @@ name        what                                           needs
 numpy       batched matmuls, the readable reference         NumPy
 numba       fused per-model kernel, parallel over models    Numba
 cupy        the batched reference on CuPy arrays            CuPy and a GPU
-cupy-fused  fused CUDA kernel, one model per thread block   CuPy and a GPU
+cupy-fused  fused CUDA kernel, one model per warp           CuPy and a GPU
 ========== ============================================== ==================
 
 ``auto`` picks ``cupy-fused`` where CuPy sees a GPU, else ``numba`` where it
