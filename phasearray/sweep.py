@@ -136,19 +136,50 @@ def _run_distributed(
     engine_name: str,
     progress: Progress | None,
 ) -> None:
-    from distributed import as_completed
+    """Blocks as tasks; workers report model-steps through a distributed Queue."""
+    import uuid
+
+    from distributed import Queue
 
     spec = pipeline.to_dict()
-    futures = {
-        client.submit(
-            run_block, path, spec, block, engine_name, None, pure=False
-        ): block
+    queue_name = f"phasearray-progress-{uuid.uuid4().hex}"
+    reporter = _QueueProgress(queue_name) if progress is not None else None
+    futures = [
+        client.submit(run_block, path, spec, block, engine_name, reporter, pure=False)
         for block in blocks
-    }
-    for future in as_completed(futures):
+    ]
+    queue = Queue(queue_name, client=client)
+    while not all(future.done() for future in futures):
+        time.sleep(0.25)
+        _drain(queue, progress)
+    for future in futures:
         future.result()  # re-raises a worker's error here
-        if progress is not None:
-            progress(future.result())
+    _drain(queue, progress)
+
+
+class _QueueProgress:
+    """A picklable progress callback that forwards to a distributed Queue."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._queue: Any = None
+
+    def __call__(self, model_steps: int) -> None:
+        if self._queue is None:
+            from distributed import Queue
+
+            self._queue = Queue(self.name)
+        self._queue.put(int(model_steps))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "_queue": None}
+
+
+def _drain(queue: Any, progress: Progress | None) -> None:
+    if progress is None:
+        return
+    for steps in queue.get(batch=True):
+        progress(steps)
 
 
 # --- one block --------------------------------------------------------------------

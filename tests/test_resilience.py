@@ -242,3 +242,35 @@ def test_read_only_folder(tmp_path: Path, capsys) -> None:
         assert "not writable" in capsys.readouterr().err
     finally:
         folder.chmod(0o755)
+
+
+def test_cli_workers_flag_runs_on_a_local_cluster(
+    tmp_path: Path, uninterrupted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "cli-dask.zarr"
+    code = main(
+        ["run", "--store", str(store), "--workers", "2", "--no-figures", *sets(LONGER)]
+    )
+    assert code == 0
+    assert "dask: <Client" in capsys.readouterr().out
+    assert_same_store(store, uninterrupted)
+
+
+def test_unreachable_scheduler_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "never.zarr"
+    code = main(
+        [
+            "run",
+            "--store",
+            str(store),
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+            "--no-figures",
+            *sets(tiny_overrides()),
+        ]
+    )
+    assert code == 2
+    assert "cannot reach" in capsys.readouterr().err
+    assert not store.exists()
