@@ -193,7 +193,7 @@ class _client:
 
         if self.args.scheduler is not None:
             try:
-                self.client = Client(self.args.scheduler, timeout="10s")
+                self.client = Client(self.args.scheduler, timeout="5s")
             except (OSError, TimeoutError) as error:
                 raise ConfigError(
                     f"--scheduler: cannot reach {self.args.scheduler!r}: {error}"

@@ -58,7 +58,7 @@ def test_figures_of_a_minimal_store(tmp_path) -> None:
         n_train=16,
         n_test=8,
     )
-    paths = write_figures(ds, tmp_path)
+    paths = write_figures(ds, tmp_path, dpi=40)
     assert len(paths) == len(FIGURES) and all(_is_png(p) for p in paths)
 
 
@@ -73,7 +73,7 @@ def test_figures_survive_a_cell_without_finite_members(tmp_path) -> None:
         n_test=8,
         diverged=[(1, 0, 0), (1, 1, 0)],
     )
-    paths = write_figures(ds, tmp_path)
+    paths = write_figures(ds, tmp_path, dpi=40)
     assert all(_is_png(p) for p in paths)
 
 
