@@ -16,6 +16,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
+from . import analysis as analysis  # registers the ds.phase accessor
 from .catalog import open_catalog
 from .config import Pipeline, load_pipeline, parse_pipeline
 from .errors import (
