@@ -154,7 +154,9 @@ def lyapunov_map(ds: xr.Dataset, *, t: int = -1, growth: float = GROWTH) -> xr.D
 
     Examples
     --------
-    >>> ds = _with_lyapunov_example()
+    >>> from phasearray.analysis.synthetic import synthetic_sweep
+    >>> ds = synthetic_sweep(T=(0.5, 1.0), sigma_W=(0.25, 4.0), seeds=2, steps=1000)
+    >>> ds["lyapunov"] = xr.zeros_like(ds.train_loss) + (ds.T > 0.75) * 0.011 - 0.001
     >>> lyapunov_map(ds).lyapunov_median.dims
     ('T', 'sigma_W')
     """
@@ -209,7 +211,9 @@ def chaos_labels(
 
     Examples
     --------
-    >>> ds = _with_lyapunov_example()
+    >>> from phasearray.analysis.synthetic import synthetic_sweep
+    >>> ds = synthetic_sweep(T=(0.5, 1.0), sigma_W=(0.25, 4.0), seeds=2, steps=1000)
+    >>> ds["lyapunov"] = xr.zeros_like(ds.train_loss) + (ds.T > 0.75) * 0.011 - 0.001
     >>> chaos_labels(ds).values.tolist()
     [[False, False], [True, True]]
     """
@@ -248,9 +252,11 @@ def chaos_boundary(
 
     Examples
     --------
-    >>> ds = _with_lyapunov_example()
-    >>> chaos_boundary(ds).values.round(3).tolist()
-    [0.707, 0.707]
+    >>> from phasearray.analysis.synthetic import synthetic_sweep
+    >>> ds = synthetic_sweep(T=(0.5, 1.0), sigma_W=(0.25, 4.0), seeds=2, steps=1000)
+    >>> ds["lyapunov"] = xr.zeros_like(ds.train_loss) + (ds.T > 0.75) * 0.011 - 0.001
+    >>> chaos_boundary(ds).values.round(3).tolist()  # 0.5 · 2^((0.0069 + 0.001)/0.011)
+    [0.823, 0.823]
     """
     found = lyapunov_map(ds, t=t, growth=growth)
     onset = xr.apply_ufunc(
@@ -318,6 +324,15 @@ def chaos_vs_dbm(
         ``agree`` (T, sigma_W) and ``agreement``, the fraction of cells where
         the two labels agree; ``lyapunov_median``, ``converged_fraction`` and
         ``threshold`` for figures.
+
+    Examples
+    --------
+    >>> from phasearray.analysis.synthetic import synthetic_sweep
+    >>> ds = synthetic_sweep(T=(0.5, 1.0), sigma_W=(0.25, 4.0), seeds=2, steps=1000)
+    >>> ds["lyapunov"] = xr.zeros_like(ds.train_loss) + (ds.T > 0.75) * 0.011 - 0.001
+    >>> out = chaos_vs_dbm(ds)
+    >>> out.T_chaos.dims, out.agree.dims
+    (('sigma_W',), ('T', 'sigma_W'))
     """
     levels = tuple(sorted({*LEVELS, float(level)}))
     found = without_runaways(ds).phase.boundaries(levels, t=t, convention=convention)
@@ -532,6 +547,21 @@ def matched_checkpoints(
         checkpoint at exactly that many samples the nearest one (in log t) is
         used and a :class:`~phasearray.errors.PhasearrayWarning` says by how
         much they differ.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from phasearray.analysis.synthetic import synthetic_sweep
+    >>> parts = [synthetic_sweep(seeds=1, steps=4096 // b, batch_size=b) for b in (1, 4)]
+    >>> study = xr.concat(
+    ...     [p[["test_loss", "feature_overlap", "done"]] for p in parts],
+    ...     dim=pd.Index([1, 4], name="batch_size"),
+    ...     join="outer",
+    ...     coords="different",
+    ...     compat="equals",
+    ... )
+    >>> matched_checkpoints(study).step.values.tolist()
+    [4096, 1024]
     """
     if match not in MATCHES:
         raise ConfigError(f"match: got {match!r}; choose 'epochs' or 'steps'")
@@ -1077,13 +1107,3 @@ def _on_checkpoints(values: xr.DataArray, positions: Any, t: np.ndarray) -> np.n
     out = np.full((values.sizes["seed"], t.size), np.nan)
     out[:, list(positions)] = values.transpose("seed", "t_coefficient").values
     return out
-
-
-def _with_lyapunov_example() -> xr.Dataset:
-    """A synthetic sweep with a made-up λ: −1e-3 at T < 1, +1e-2 above (doctests)."""
-    from .synthetic import synthetic_sweep
-
-    ds = synthetic_sweep(T=(0.5, 1.0), sigma_W=(0.25, 4.0), seeds=2, steps=1000)
-    lam = np.where(ds["T"].values[:, None, None, None] < 0.75, -1e-3, 1e-2)
-    ds["lyapunov"] = xr.zeros_like(ds["train_loss"]) + lam
-    return ds
