@@ -11,6 +11,7 @@ import xarray as xr
 from conftest import tiny_overrides
 
 import phasearray as pa
+from phasearray import rmt
 from phasearray.analysis import beyond
 from phasearray.analysis.synthetic import synthetic_sweep
 from phasearray.config import load_pipeline, log_checkpoints, variant_pipelines
@@ -319,6 +320,32 @@ def test_coulomb_only_follows_the_square_root_law() -> None:
     )
     # Euler–Maruyama is first order: error ~ dτ ~ 1e-4
     np.testing.assert_allclose(S[0], np.sqrt(1.0 + 2 * 0.5 * 2.0 * times), rtol=1e-3)
+
+
+def test_time_of_the_equation_is_learning_rate_times_steps() -> None:
+    # one full-batch step of learning rate ε moves S by ε K_S + O(ε²): τ = ε t
+    rng = np.random.default_rng(1)
+    W1, W2_teacher, W3 = (
+        rng.normal(0, 1 / np.sqrt(n_in), shape)
+        for n_in, shape in ((3, (32, 3)), (32, (16, 32)), (16, (1, 16)))
+    )
+    x = rng.normal(size=(400, 3))
+    W2 = rng.normal(0, 1 / np.sqrt(32), (16, 32))
+    phi1 = np.tanh(x @ W1.T)
+    y = np.tanh(phi1 @ W2_teacher.T) @ W3.T
+    K_S, _, _ = rmt.dbm_level_spacing(W2[None], W3[None], phi1[None], y[None], "tanh")
+    epsilon = 1e-3
+    run = pa.simulate(
+        teacher=(W1, W2_teacher, W3),
+        x_train=x,
+        W2_init=W2,
+        learning_rate=epsilon,
+        batch_size=400,
+        steps=1,
+        engine="numpy",
+    )
+    S = rmt.level_spacing(run["eigenvalues"].values)
+    np.testing.assert_allclose((S[..., -1] - S[..., 0]) / epsilon, K_S, rtol=2e-3)
 
 
 def test_paths_are_reproducible_from_the_seed() -> None:
