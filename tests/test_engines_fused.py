@@ -223,6 +223,54 @@ def test_other_widths_and_batch_sizes(batch_size: int) -> None:
     assert_close_per_member(run("numba", problem, W2, 300), reference, 1e-12)
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("widths", [(3, 32, 16, 1), (3, 8, 5, 2)], ids=str)
+def test_train_observables_match_the_observables_module(activation, widths) -> None:
+    # n_train = 402 leaves a last batch of two samples in the kernel's sweep.
+    problem, W2 = grid_problem(
+        "iid", activation, [2.0**-5, 0.125], [0.5], widths=widths, n_train=402
+    )
+    W2[-1, 0, 0] = np.nan
+    engine = get_engine("numba")
+    state = engine.start(problem, W2)
+    engine.advance(state, 0, 50)
+    train_loss, grad_norm = engine.train_observables(state)
+
+    stream = problem.member_stream
+    expected_loss, gradient = obs.loss_and_gradient(
+        problem.phi1[stream],
+        problem.y[stream],
+        state.W2,
+        problem.W3[stream],
+        activation,
+    )
+    expected_norm = np.sqrt((gradient**2).sum(axis=(1, 2)))
+    # float64 sums over 402 samples in another order: round-off only, relative
+    # to the loss and to ε ⟨y²⟩ where a converged member's residual cancels
+    floor = 1e-15 * np.mean(problem.y**2)
+    np.testing.assert_allclose(train_loss, expected_loss, rtol=1e-12, atol=floor)
+    np.testing.assert_allclose(grad_norm, expected_norm, rtol=1e-12, atol=floor)
+    assert np.isnan(train_loss[-1]) and np.isnan(grad_norm[-1])
+
+    # float32, on the two members at T = 2^-5 (the others may exceed its range)
+    calm = np.array([0, 1])
+    problem32 = SGDProblem(
+        **{
+            **problem.__dict__,
+            "member_stream": stream[calm],
+            "learning_rate": problem.learning_rate[calm],
+            "dtype": "float32",
+        }
+    )
+    loss32, norm32 = engine.train_observables(engine.start(problem32, state.W2[calm]))
+    assert loss32.dtype == np.float32
+    # float32 sums of 402 terms: ~√402 ε32 relative (measured ≤ 2e-6), with the
+    # floor ε32 ⟨y²⟩ for a converged member
+    floor32 = np.finfo(np.float32).eps * np.mean(problem.y**2)
+    np.testing.assert_allclose(loss32, expected_loss[calm], rtol=1e-4, atol=floor32)
+    np.testing.assert_allclose(norm32, expected_norm[calm], rtol=1e-4, atol=floor32)
+
+
 def test_authors_trajectory_is_reproduced(authors_case) -> None:
     case = authors_case
     W1, W3 = case["teacher_W1"], case["teacher_W3"]

@@ -121,6 +121,36 @@ class NumbaEngine(Engine):
                 *tanh_constants(state.W2.dtype),
             )
 
+    def train_observables(self, state: SGDState) -> tuple[np.ndarray, np.ndarray]:
+        """Training loss L and gradient norm |∇_{W2} L|_F of every member.
+
+        The same quantities as :func:`phasearray.observables.loss_and_gradient`,
+        from the SGD kernel's own forward and backward passes over the training
+        set, four samples at a time, per member and in parallel.
+
+        Returns
+        -------
+        train_loss, grad_norm : dims (M,), in ``problem.dtype``
+        """
+        arrays = {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
+        W2 = np.ascontiguousarray(state.W2)
+        loss = np.empty(W2.shape[0], W2.dtype)
+        grad_norm = np.empty(W2.shape[0], W2.dtype)
+        units = work_units(arrays["member_stream"], numba.get_num_threads())
+        with numba.parallel_chunksize(1):
+            _train_observables(
+                W2,
+                arrays["phi1"],
+                arrays["y"],
+                arrays["W3"],
+                *units,
+                ACTIVATION_CODES[state.problem.activation],
+                *tanh_constants(W2.dtype),
+                loss,
+                grad_norm,
+            )
+        return loss, grad_norm
+
 
 # --- SIMD vectors in Numba ------------------------------------------------------
 
@@ -689,6 +719,82 @@ def _sgd_chunk(
             dims,
             code,
             (scalars, even, odd),
+        )
+
+
+@njit
+def _observe_unit(W2, phi1, y, W3, members, dims, code, tables, loss, grad_norm):
+    """L and |∇L|_F over the whole training set for the members of one stream.
+
+    The training set is swept in batches of (up to) four samples; the gradient
+    sum G = Σ_α δ_α φ1_αᵀ is accumulated with :func:`_update` at step −1.
+    """
+    n1, n2p, nv, n3, _ = dims
+    n, n2, dtype = phi1.shape[0], W2.shape[1], W2.dtype
+    X, Y = phi1.reshape(n * n1), y.reshape(n * n3)
+    WT = np.empty(n1 * n2p, dtype)
+    G = np.empty(n1 * n2p, dtype)
+    V = np.empty(n3 * n2p, dtype)
+    _padded_transpose(W3.T, V)
+    H = np.empty(4 * n2p, dtype)
+    P = np.empty(4 * n2p, dtype)
+    D = np.empty(4 * n2p, dtype)
+    E = np.empty(4 * n3, dtype)
+    minus_one = -tables[0][5]
+
+    for m in members:
+        _padded_transpose(W2[m], WT)
+        G[:] = 0
+        total = 0.0
+        for start in range(0, n, 4):
+            batch = (n1, n2p, nv, n3, min(4, n - start))
+            _forward(WT, X, start * n1, H, P, batch, code, tables)
+            _delta(H, P, V, Y, start * n3, E, D, batch)
+            for e in range(batch[4] * n3):
+                total += E[e] * E[e]
+            _update(G, D, X, start * n1, minus_one, batch)
+        squares = 0.0
+        for i in range(n1):
+            for j in range(n2):
+                squares += G[i * n2p + j] * G[i * n2p + j]
+        loss[m] = 0.5 * total / n
+        grad_norm[m] = np.sqrt(squares) / n
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def _train_observables(
+    W2,
+    phi1,
+    y,
+    W3,
+    unit_stream,
+    unit_start,
+    unit_members,
+    code,
+    scalars,
+    even,
+    odd,
+    loss,
+    grad_norm,
+):
+    """Fill ``loss`` and ``grad_norm`` (M,) for every member; see _sgd_chunk."""
+    n2, n1 = W2.shape[1], W2.shape[2]
+    nv = -(-n2 // _lanes(W2))
+    dims = (n1, nv * _lanes(W2), nv, W3.shape[1], 4)
+    for u in prange(unit_stream.size):
+        s = unit_stream[u]
+        members = unit_members[unit_start[u] : unit_start[u + 1]]
+        _observe_unit(
+            W2,
+            phi1[s],
+            y[s],
+            W3[s],
+            members,
+            dims,
+            code,
+            (scalars, even, odd),
+            loss,
+            grad_norm,
         )
 
 

@@ -1,0 +1,308 @@
+"""Model-steps per second of every engine, of the PyTorch peer, and of the observables.
+
+The workload is the paper's grid with a tenth of its seeds: 12 temperatures
+T = 2^-5 … 2^6 × 12 scales σ_W = 2^-3 … 2^8 × 10 seeds = 1440 students of the
+default network (3-32-16-1, tanh, |B| = 4, |D| = 4000), trained with the
+``iid`` schedule. Fewer models (``--models``) take evenly spaced members of
+that grid. Every available engine and the PyTorch peer
+(``shared/bench/peer_torch.py`` next to the checkout, run as a subprocess with
+the same models and steps) are timed in the same run, so their ratio does not
+depend on what else the machine was doing that day.
+
+One model-step is one SGD step of one student: 4 |B| n1 n2 = 8192 flop at the
+default sizes (forward W2 φ1 and the gradient sum, multiply and add counted
+apart). At the 98 GFLOP/s of dgemm on the reference machine that caps the rate
+at ~1.2e7 model-steps/s in float64; float32 is taken to allow twice as much.
+
+Printed lines, ``key=value`` separated by spaces::
+
+    machine dgemm_gflops=<x> sgemm_gflops=<x> threads=<n>
+    engine=<name> dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=<r> \
+fraction_of_limit=<f> models=<M> steps=<S> seconds=<t>
+    engine=peer_torch dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=1 …
+    engine=peer_torch dtype=<dtype> skipped (<reason>)
+    observables seconds_per_checkpoint=<x> engine=<name> models=<M> samples=<n>
+
+``ratio_vs_peer`` is ``nan`` where the peer was skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phasearray import observables as obs
+from phasearray.engines import SGDProblem, available_engines, get_engine
+from phasearray.ensemble import make_ensemble, stream_key, teacher_outputs
+
+__all__ = ["Workload", "default_peer_path", "main", "make_workload"]
+
+WIDTHS = (3, 32, 16, 1)
+T_GRID = 2.0 ** np.arange(-5, 7)
+SIGMA_W_GRID = 2.0 ** np.arange(-3, 9)
+SEEDS = 10
+N_TRAIN, N_TEST, BATCH_SIZE = 4000, 128, 4
+
+# Reference limits in GFLOP/s (dgemm on the reference machine; float32 twice).
+LIMIT_GFLOPS = {"float64": 98.0, "float32": 196.0}
+FLOP_PER_STEP = 4 * BATCH_SIZE * WIDTHS[1] * WIDTHS[2]
+
+# Steps run before timing, so that compilation and caches are warm.
+WARMUP_STEPS = 20
+
+# Engines whose arrays live on the host, whose observables are timed.
+HOST_ENGINES = ("numba", "numpy")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The benchmark's SGD problem, initial weights and test-set arrays."""
+
+    problem: SGDProblem
+    W2: np.ndarray
+    test: dict[str, np.ndarray]
+
+
+def make_workload(models: int, dtype: str = "float64") -> Workload:
+    """Evenly spaced members of the 12 × 12 × 10 grid, with their data.
+
+    Parameters
+    ----------
+    models : int
+        Number of students M, at most 1440.
+    dtype : {"float64", "float32"}
+    """
+    grid = np.meshgrid(T_GRID, SIGMA_W_GRID, np.arange(SEEDS), indexing="ij")
+    T, sigma_W, seed = (a.ravel() for a in grid)
+    chosen = np.unique(np.linspace(0, T.size - 1, models).round().astype(int))
+    T, sigma_W, seed = T[chosen], sigma_W[chosen], seed[chosen]
+
+    e = make_ensemble([stream_key(s) for s in range(SEEDS)], WIDTHS, N_TRAIN, N_TEST)
+    phi1 = np.tanh(e.x_train @ np.swapaxes(e.teacher_W1, 1, 2))
+    y = teacher_outputs(e.x_train, e.teacher_W1, e.teacher_W2, e.teacher_W3, "tanh")
+    problem = SGDProblem(
+        phi1=phi1,
+        y=y,
+        W3=e.teacher_W3,
+        keys=e.keys,
+        member_stream=seed,
+        learning_rate=T * BATCH_SIZE,
+        batch_size=BATCH_SIZE,
+        schedule="iid",
+        activation="tanh",
+        dtype=dtype,
+    )
+    W2 = (sigma_W / np.sqrt(WIDTHS[1]))[:, None, None] * e.W2_normal[seed]
+
+    teacher = (e.teacher_W1, e.teacher_W2, e.teacher_W3)
+    phi1_test = np.tanh(e.x_test @ np.swapaxes(e.teacher_W1, 1, 2))
+    test = {
+        "phi1": phi1_test,
+        "y": teacher_outputs(e.x_test, *teacher, "tanh"),
+        "phi2_initial": obs.features(phi1_test[seed], W2, "tanh"),
+    }
+    return Workload(problem, W2, test)
+
+
+def time_engine(name: str, workload: Workload, steps: int) -> float:
+    """Model-steps per second of one engine, after a warm-up, device synced."""
+    engine = get_engine(name)
+    state = engine.start(workload.problem, workload.W2)
+    engine.advance(state, 0, WARMUP_STEPS)
+    engine.to_host(state.W2)
+
+    start = time.perf_counter()
+    engine.advance(state, WARMUP_STEPS, WARMUP_STEPS + steps)
+    engine.to_host(state.W2)
+    elapsed = time.perf_counter() - start
+    return workload.problem.n_members * steps / elapsed
+
+
+def default_peer_path() -> Path:
+    """``shared/bench/peer_torch.py`` next to the checkout holding this package."""
+    return Path(__file__).resolve().parents[2] / "shared" / "bench" / "peer_torch.py"
+
+
+def run_peer(path: Path, models: int, steps: int, dtype: str) -> tuple[float, str]:
+    """Rate of the PyTorch peer run as a subprocess; (nan, reason) if it cannot run."""
+    if not path.is_file():
+        return math.nan, f"peer script not found: {path}"
+    if importlib.util.find_spec("torch") is None:
+        return math.nan, "torch is not installed; pip install torch==2.13.0"
+    command = [sys.executable, str(path), "--models", str(models)]
+    command += ["--steps", str(steps), "--dtype", dtype]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    found = re.search(r"model_steps_per_s=(\S+)", result.stdout)
+    if result.returncode != 0 or found is None:
+        lines = (result.stderr or result.stdout).strip().splitlines() or [""]
+        return math.nan, f"peer failed with exit code {result.returncode}: {lines[-1]}"
+    return float(found.group(1)), ""
+
+
+def checkpoint_observables(engine: Any, state: Any, test: dict[str, np.ndarray]):
+    """Every observable recorded at a checkpoint (SPEC §3), for all members."""
+    problem = state.problem
+    stream = problem.member_stream
+    train_loss, grad_norm = engine.train_observables(state)
+    phi2 = obs.features(test["phi1"][stream], state.W2, problem.activation)
+    W3, y = problem.W3[stream], test["y"][stream]
+    return (
+        train_loss,
+        grad_norm,
+        obs.loss(phi2, y, W3),
+        obs.feature_overlap(phi2, test["phi2_initial"]),
+        obs.alignment(phi2, y, W3),
+        obs.eigenvalues(state.W2),
+    )
+
+
+def time_observables(name: str, workload: Workload, repeats: int = 3) -> float:
+    """Seconds for one checkpoint's observables of every member (best of a few).
+
+    The training-set loss and gradient norm come from the engine's
+    ``train_observables`` (a fused kernel on ``numba``), the rest from
+    :mod:`phasearray.observables`, as in a sweep.
+    """
+    engine = get_engine(name)
+    state = engine.start(workload.problem, workload.W2)
+    checkpoint_observables(engine, state, workload.test)  # compile, warm caches
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        checkpoint_observables(engine, state, workload.test)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_gflops(dtype: str, n: int = 1500, repeats: int = 3) -> float:
+    """GFLOP/s of an n × n NumPy matmul here (best of a few)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def engine_line(name: str, dtype: str, rate: float, peer: float, **extra: Any) -> str:
+    limit = LIMIT_GFLOPS[dtype] * 1e9 / FLOP_PER_STEP
+    fields = {
+        "engine": name,
+        "dtype": dtype,
+        "model_steps_per_s": f"{rate:.4g}",
+        "ratio_vs_peer": f"{rate / peer:.3g}",
+        "fraction_of_limit": f"{rate / limit:.3g}",
+        **extra,
+    }
+    return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time every SGD engine and the PyTorch peer on one workload.",
+    )
+    parser.add_argument("--models", type=int, default=1440, help="students (≤ 1440)")
+    parser.add_argument("--steps", type=int, default=2000, help="timed SGD steps")
+    parser.add_argument("--dtypes", default="float64,float32")
+    parser.add_argument(
+        "--engines", default="all", help="comma-separated names, or all available"
+    )
+    parser.add_argument("--peer", type=Path, default=None, help="peer_torch.py path")
+    parser.add_argument("--no-peer", action="store_true", help="skip the peer")
+    parser.add_argument(
+        "--no-observables", action="store_true", help="skip the observables timing"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="24 models, 50 steps: a smoke test"
+    )
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.models, args.steps = 24, 50
+    if not 1 <= args.models <= T_GRID.size * SIGMA_W_GRID.size * SEEDS:
+        parser.error(f"--models must be between 1 and 1440, got {args.models}")
+    if args.steps < 1:
+        parser.error(f"--steps must be positive, got {args.steps}")
+    return args
+
+
+def engine_names(choice: str) -> list[str]:
+    """Engines to time: every available one, or those named that are available."""
+    available = available_engines()
+    if choice == "all":
+        return available
+    names = [n.strip() for n in choice.split(",") if n.strip()]
+    for name in names:
+        if name not in available:
+            print(f"engine={name} skipped (not available here)", flush=True)
+    return [n for n in names if n in available]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    unknown = sorted(set(dtypes) - set(LIMIT_GFLOPS))
+    if unknown:
+        print(f"unknown dtypes {unknown}; choose float64 and/or float32", flush=True)
+        return 2
+    names = engine_names(args.engines)
+    peer_path = args.peer or default_peer_path()
+
+    threads = _threads()
+    gflops = {d: matmul_gflops(d) for d in ("float64", "float32")}
+    print(
+        f"machine dgemm_gflops={gflops['float64']:.3g} "
+        f"sgemm_gflops={gflops['float32']:.3g} threads={threads}",
+        flush=True,
+    )
+    for dtype in dtypes:
+        workload = make_workload(args.models, dtype)
+        M = workload.problem.n_members
+        peer, reason = (
+            (math.nan, "--no-peer")
+            if args.no_peer
+            else run_peer(peer_path, M, args.steps, dtype)
+        )
+        if math.isnan(peer):
+            print(f"engine=peer_torch dtype={dtype} skipped ({reason})", flush=True)
+        else:
+            print(engine_line("peer_torch", dtype, peer, peer, models=M), flush=True)
+        for name in names:
+            start = time.perf_counter()
+            rate = time_engine(name, workload, args.steps)
+            seconds = f"{time.perf_counter() - start:.3g}"
+            line = engine_line(
+                name, dtype, rate, peer, models=M, steps=args.steps, seconds=seconds
+            )
+            print(line, flush=True)
+
+    if not args.no_observables:
+        workload = make_workload(args.models, "float64")
+        for name in [n for n in names if n in HOST_ENGINES]:
+            seconds = time_observables(name, workload)
+            print(
+                f"observables seconds_per_checkpoint={seconds:.3g} engine={name} "
+                f"models={workload.problem.n_members} samples={N_TRAIN}",
+                flush=True,
+            )
+    return 0
+
+
+def _threads() -> int:
+    try:
+        import numba
+    except ImportError:
+        return 1
+    return numba.get_num_threads()

@@ -1,0 +1,74 @@
+"""The benchmark runner, ``python -m benchmarks``, on a tiny workload."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fields(line: str) -> dict[str, str]:
+    """``key=value`` items of a printed line."""
+    return dict(item.split("=", 1) for item in line.split() if "=" in item)
+
+
+def run_benchmarks(*args: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return result.stdout.splitlines()
+
+
+def test_tiny_run_prints_positive_rates_for_each_engine() -> None:
+    lines = run_benchmarks(
+        "--models", "24", "--steps", "50", "--no-peer", "--engines", "numpy,numba"
+    )
+    engines = [fields(ln) for ln in lines if ln.startswith("engine=")]
+    timed = [e for e in engines if "model_steps_per_s" in e]
+    assert {(e["engine"], e["dtype"]) for e in timed} == {
+        (name, dtype) for name in ("numpy", "numba") for dtype in ("float64", "float32")
+    }
+    for e in timed:
+        assert float(e["model_steps_per_s"]) > 0
+        assert float(e["fraction_of_limit"]) > 0
+        assert np.isnan(float(e["ratio_vs_peer"]))  # no peer in this run
+        assert (e["models"], e["steps"]) == ("24", "50")
+
+    skipped = [ln for ln in lines if ln.startswith("engine=peer_torch")]
+    assert len(skipped) == 2
+    assert all(ln.endswith("skipped (--no-peer)") for ln in skipped)
+
+    observables = [fields(ln) for ln in lines if ln.startswith("observables ")]
+    assert {o["engine"] for o in observables} == {"numpy", "numba"}
+    for o in observables:
+        assert float(o["seconds_per_checkpoint"]) > 0
+        assert o["models"] == "24"
+
+    machine = fields(next(ln for ln in lines if ln.startswith("machine ")))
+    assert float(machine["dgemm_gflops"]) > 0
+
+
+def test_a_missing_peer_is_reported_as_skipped(tmp_path: Path) -> None:
+    lines = run_benchmarks(
+        "--tiny",
+        "--dtypes",
+        "float64",
+        "--engines",
+        "numba",
+        "--no-observables",
+        "--peer",
+        str(tmp_path / "absent.py"),
+    )
+    (peer,) = [ln for ln in lines if ln.startswith("engine=peer_torch")]
+    assert peer.startswith("engine=peer_torch dtype=float64 skipped (peer script")
+    (numba_line,) = [fields(ln) for ln in lines if ln.startswith("engine=numba")]
+    assert float(numba_line["model_steps_per_s"]) > 0
