@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import ConfigError
+
 __all__ = ["activate", "derivative"]
 
 
@@ -15,7 +17,9 @@ def activate(name: str, z: Any, xp: Any) -> Any:
         return xp.maximum(z, 0)
     if name == "identity":
         return z
-    raise ValueError(f"activation {name!r} is not known; choose tanh, relu or identity")
+    raise ConfigError(
+        f"activation {name!r} is not known; choose tanh, relu or identity"
+    )
 
 
 def derivative(name: str, z: Any, h: Any, xp: Any) -> Any:
@@ -26,4 +30,6 @@ def derivative(name: str, z: Any, h: Any, xp: Any) -> Any:
         return (z > 0).astype(z.dtype)
     if name == "identity":
         return xp.ones_like(z)
-    raise ValueError(f"activation {name!r} is not known; choose tanh, relu or identity")
+    raise ConfigError(
+        f"activation {name!r} is not known; choose tanh, relu or identity"
+    )

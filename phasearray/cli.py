@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import ENGINES
 from .errors import ConfigError, EngineUnavailableError, PhasearrayError, StoreError
 
 __all__ = ["main"]
@@ -53,12 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits with 2 on bad arguments already; keep its message short."""
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog="phasearray",
         description="Map the phase diagram of SGD: run sweeps, inspect and plot stores.",
     )
@@ -98,7 +95,11 @@ def _add_run(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="override a pipeline field by dotted path, e.g. --set train.steps=2000",
     )
-    run.add_argument("--engine", help="override engine.name (auto, numpy, numba, ...)")
+    run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="override engine.name (default: the pipeline's)",
+    )
     run.add_argument(
         "--workers", type=int, help="start a dask LocalCluster with this many processes"
     )
@@ -110,10 +111,14 @@ def _add_run(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .config import load_pipeline
+    from .engines import get_engine, resolve_engine_name
 
     pipeline = load_pipeline(args.pipeline, args.overrides)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: got {args.workers}; must be at least 1")
+    # The engine is settled before anything is created or claimed on disk.
+    args.engine = resolve_engine_name(args.engine or pipeline.engine.name)
+    get_engine(args.engine)
     if pipeline.variants is not None:
         return _run_study(args, pipeline)
 
@@ -194,7 +199,7 @@ class _client:
         if self.args.scheduler is not None:
             try:
                 self.client = Client(self.args.scheduler, timeout="5s")
-            except (OSError, TimeoutError) as error:
+            except (OSError, TimeoutError, ValueError) as error:
                 raise ConfigError(
                     f"--scheduler: cannot reach {self.args.scheduler!r}: {error}"
                 ) from None

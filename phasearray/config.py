@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -297,7 +298,7 @@ def named_pipelines() -> dict[str, Path]:
 
 
 def load_pipeline(
-    source: str | Path | None = None, overrides: Iterable[str] = ()
+    source: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> Pipeline:
     """Read, override and validate a pipeline.
 
@@ -306,7 +307,7 @@ def load_pipeline(
     source : str or path, optional
         A YAML file, or the name of a shipped pipeline (``quick``, ``paper``).
         ``None`` means ``quick``.
-    overrides : iterable of str
+    overrides : sequence of str
         ``dotted.path=value`` items; the value is read as YAML, so
         ``grid.T=[0.5, 1.0]`` sets a list and ``train.steps=2000`` an integer.
 
@@ -320,6 +321,11 @@ def load_pipeline(
     for item in overrides:
         _apply_override(raw, item)
     pipeline = parse_pipeline(raw)
+    if overrides:
+        note = f" (with {', '.join(overrides)})"
+        pipeline = pipeline.model_copy(
+            update={"description": pipeline.description + note}
+        )
     logger.debug("pipeline %s read from %s", pipeline.name, path)
     return pipeline
 
@@ -356,6 +362,28 @@ def _resolve_source(source: str | Path | None) -> Path:
     )
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with the 1.2 float syntax, so ``1e-4`` is a number, not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no objects
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text()
@@ -376,7 +404,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             f"override {item!r} must look like dotted.path=value, e.g. train.steps=2000"
         )
     try:
-        value = yaml.safe_load(text)
+        value = _yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(
             f"override {item!r}: value is not valid YAML: {error}"
@@ -450,6 +478,8 @@ def _check_consistency(pipeline: Pipeline) -> None:
     train, data, record = pipeline.train, pipeline.data, pipeline.record
     if data.source == "digits":
         _check_digits(pipeline)
+    if record.lyapunov:
+        _check_perturbation(record.lyapunov_perturbation, train.dtype)
     if pipeline.variants is not None:
         variant_pipelines(pipeline)  # each variant must be valid on its own
     if train.batch_size > data.n_train:
@@ -511,6 +541,17 @@ def variant_pipelines(pipeline: Pipeline) -> list[tuple[Any, Pipeline]]:
 
 
 DIGITS_SAMPLES, DIGITS_PIXELS = 1797, 64
+
+
+def _check_perturbation(perturbation: float, dtype: str) -> None:
+    """The twin's separation must be well above the rounding of the weights."""
+    smallest = 100 * float(np.finfo(dtype).eps)
+    if perturbation < smallest:
+        raise ConfigError(
+            f"field 'record.lyapunov_perturbation': got {perturbation:g}; with "
+            f"train.dtype {dtype} it must be at least {smallest:.1e} (100 × the "
+            "precision), e.g. 1e-4 for float32"
+        )
 
 
 def _check_digits(pipeline: Pipeline) -> None:

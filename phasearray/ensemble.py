@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import activate
+from .errors import ConfigError
 from .schedule import StreamKey, keyed_generator
 
 __all__ = ["Ensemble", "make_ensemble", "stream_key", "teacher_outputs"]
@@ -108,7 +109,7 @@ def make_ensemble(
         arrays["x_train"] = np.stack([train for train, _ in splits])
         arrays["x_test"] = np.stack([test for _, test in splits])
     elif source != "gaussian":
-        raise ValueError(
+        raise ConfigError(
             f"data source {source!r} is not known; choose gaussian or digits"
         )
     return Ensemble(keys=tuple(tuple(k) for k in keys), **arrays)

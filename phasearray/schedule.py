@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import ConfigError
+
 __all__ = ["SCHEDULE_TAGS", "batch_indices", "keyed_generator"]
 
 # Distinct words mixed into the key of each purpose, so that adding a purpose
@@ -76,7 +78,7 @@ def batch_indices(
         Indices into the training set.
     """
     if schedule not in ("sequential", *SCHEDULE_TAGS):
-        raise ValueError(
+        raise ConfigError(
             f"schedule {schedule!r} is not known; choose sequential, shuffle or iid"
         )
     steps_per_epoch = n_train // batch_size

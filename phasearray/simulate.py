@@ -14,11 +14,12 @@ import numpy as np
 import xarray as xr
 
 from .activations import activate
+from .checkpoint import checkpoint_observables, held_out_arrays, mark_diverged
 from .config import ACTIVATIONS, DTYPES, SCHEDULES
 from .engines import SGDProblem, get_engine
 from .ensemble import make_ensemble, stream_key, teacher_outputs
 from .errors import ConfigError
-from .sweep import _mark_diverged, checkpoint_observables, held_out_arrays
+from .store import CHECKPOINT_VARS
 
 __all__ = ["simulate"]
 
@@ -117,7 +118,7 @@ def simulate(
     t_previous = 0
     for t_k in t:
         runner.advance(state, t_previous, int(t_k))
-        _mark_diverged(runner, state)
+        mark_diverged(runner, state)
         records.append(checkpoint_observables(runner, state, test))
         t_previous = int(t_k)
 
@@ -308,9 +309,7 @@ def _dataset(
     ds = xr.Dataset(
         data, coords=coords, attrs={"engine": engine, "batch_size": batch_size}
     )
-    from .store import _CHECKPOINT_VARS
-
-    for name, (_, long_name, units) in _CHECKPOINT_VARS.items():
+    for name, (_, long_name, units) in CHECKPOINT_VARS.items():
         if name in ds:
             ds[name].attrs.update(long_name=long_name, units=units)
     return ds

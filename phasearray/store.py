@@ -31,6 +31,7 @@ from .config import Pipeline, parse_pipeline
 from .errors import ConfigError, StoreError, StoreMismatchError
 
 __all__ = [
+    "CHECKPOINT_VARS",
     "MODEL_DIMS",
     "SCHEMA_VERSION",
     "Block",
@@ -48,7 +49,7 @@ MODEL_DIMS = ("T", "sigma_W", "seed")
 _HIDDEN = ("resume_W2", "resume_twin")
 
 # name: (extra dims after (T, sigma_W, seed, t), long_name, units)
-_CHECKPOINT_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
+CHECKPOINT_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "W2": (("unit2", "unit1"), "student weights W2", "1"),
     "eigenvalues": (("eigen",), "eigenvalues of W2 W2ᵀ (ascending)", "1"),
     "train_loss": ((), "training loss ½⟨|y − ŷ|²⟩", "1"),
@@ -70,8 +71,8 @@ _LYAPUNOV_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
 
 def _checkpoint_vars(pipeline: Pipeline) -> dict[str, tuple[tuple[str, ...], str, str]]:
     if pipeline.record.lyapunov:
-        return {**_CHECKPOINT_VARS, **_LYAPUNOV_VARS}
-    return dict(_CHECKPOINT_VARS)
+        return {**CHECKPOINT_VARS, **_LYAPUNOV_VARS}
+    return dict(CHECKPOINT_VARS)
 
 
 def _resume_vars(pipeline: Pipeline) -> tuple[str, ...]:
@@ -136,10 +137,20 @@ def block_shape(pipeline: Pipeline) -> tuple[int, int, int]:
     return c_T, c_sigma, c_seed
 
 
-def plan_blocks(pipeline: Pipeline) -> list[Block]:
-    """Split the grid into blocks whose regions are whole chunks."""
+def plan_blocks(
+    pipeline: Pipeline, shape: tuple[int, int, int] | None = None
+) -> list[Block]:
+    """Split the grid into blocks whose regions are whole chunks.
+
+    Parameters
+    ----------
+    shape : (T, sigma_W, seed), optional
+        The chunk shape of an existing store (its ``block_shape`` attribute),
+        which wins over ``engine.block_models``: blocks must stay whole chunks
+        whatever the pipeline asks for on resume.
+    """
     sizes = (len(pipeline.grid.T), len(pipeline.grid.sigma_W), pipeline.grid.seeds)
-    chunk = block_shape(pipeline)
+    chunk = block_shape(pipeline) if shape is None else tuple(shape)
     starts = [range(0, n, c) for n, c in zip(sizes, chunk, strict=True)]
     blocks = []
     for i_T in starts[0]:
@@ -197,8 +208,9 @@ def create_store(
         )
         partial.rename(path)
     except (OSError, ValueError) as error:
-        shutil.rmtree(partial, ignore_errors=True)
         raise StoreError(f"cannot create store {str(path)!r}: {error}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     logger.info("created store %s", path)
 
 
@@ -230,6 +242,8 @@ def _template(
     for name, (extra, long_name, units) in _checkpoint_vars(pipeline).items():
         dims = (*MODEL_DIMS, "t", *extra)
         var_dtype = np.dtype(bool) if name in _BOOL_VARS else dtype
+        if name == "lyapunov_log_growth":
+            var_dtype = np.dtype(np.float64)  # accumulated in float64; exact resume
         fill = False if name in _BOOL_VARS else np.nan
         shape = tuple(sizes[d] for d in dims)
         chunks = tuple(chunk.get(d, 1 if d == "t" else sizes[d]) for d in dims)
@@ -325,7 +339,7 @@ def _git_revision() -> str:
     folder = Path(__file__).resolve().parent
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
             cwd=folder,
             capture_output=True,
             text=True,
@@ -531,8 +545,16 @@ class BlockWriter:
             self._group["done"][region] = done
 
 
+def stored_blocks(path: str | Path, pipeline: Pipeline) -> list[Block]:
+    """The blocks of an existing store, from the chunk shape it was made with."""
+    return plan_blocks(pipeline, tuple(read_attrs(path)["block_shape"]))
+
+
 def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
     """Check that every chunk marked done is on disk and every array opens.
+
+    Also checks the resume slot of every block that is partly done, so that a
+    resume never starts from missing (NaN) weights.
 
     Raises
     ------
@@ -556,19 +578,42 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
         if f.is_file() and "/c/" in f.as_posix()
     }
     keep_W2 = pipeline.W2_checkpoints
-    for block in plan_blocks(pipeline):
+    for block in stored_blocks(path, pipeline):
         per_t = done[block.slices].reshape(-1, done.shape[-1]).all(axis=0)
+        n_done = int(np.cumprod(per_t).sum())
         for k in np.flatnonzero(per_t):
             for name in _checkpoint_vars(pipeline):
                 if name == "W2" and not keep_W2[k]:
                     continue
-                key = _chunk_key(name, arrays[name], block, int(k))
-                if key not in present:
-                    raise StoreError(
-                        f"store {str(path)!r} is damaged: chunk {key!r} of a completed "
-                        f"checkpoint (block {block.index}, t = {pipeline.checkpoints[k]}) "
-                        "is missing; restore the store from a copy or start a new one"
-                    )
+                _require(
+                    path,
+                    present,
+                    _chunk_key(name, arrays[name], block, int(k)),
+                    block,
+                    pipeline.checkpoints[k],
+                )
+        if 0 < n_done < per_t.size:
+            for name in _resume_vars(pipeline):
+                key = _resume_key(name, arrays[name], block, (n_done - 1) % 2)
+                _require(path, present, key, block, pipeline.checkpoints[n_done - 1])
+
+
+def _require(path: Path, present: set[str], key: str, block: Block, t: int) -> None:
+    if key not in present:
+        raise StoreError(
+            f"store {str(path)!r} is damaged: chunk {key!r} of a completed "
+            f"checkpoint (block {block.index}, t = {t}) is missing; restore the "
+            "store from a copy or start a new one"
+        )
+
+
+def _resume_key(name: str, array: Any, block: Block, slot: int) -> str:
+    chunks = array.metadata.chunk_grid.chunk_shape
+    index = [slot] + [
+        s.start // c for s, c in zip(block.slices, chunks[1:4], strict=True)
+    ]
+    index += [0] * (array.ndim - 4)
+    return "/".join([name, "c", *map(str, index)])
 
 
 def _chunk_key(name: str, array: Any, block: Block, k: int) -> str:
@@ -595,7 +640,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
     attrs = read_attrs(path)
     pipeline = read_pipeline(path)
     check_integrity(path, pipeline)
-    blocks = plan_blocks(pipeline)
+    blocks = stored_blocks(path, pipeline)
     done = completion(path, blocks)
     n_checkpoints = pipeline.checkpoints.size
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

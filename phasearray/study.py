@@ -27,7 +27,7 @@ import xarray as xr
 import yaml
 
 from .config import Pipeline, parse_pipeline, variant_pipelines
-from .errors import StoreError, StoreMismatchError
+from .errors import ConfigError, StoreError, StoreMismatchError
 from .store import MODEL_DIMS, open_sweep
 from .sweep import SweepResult, run_sweep
 
@@ -43,7 +43,7 @@ def study_stores(
 ) -> list[tuple[Any, Pipeline, Path]]:
     """(label, pipeline, store path) of every variant of a study."""
     if pipeline.variants is None:
-        raise ValueError(f"pipeline {pipeline.name!r} has no variants section")
+        raise ConfigError(f"pipeline {pipeline.name!r} has no variants section")
     dim = pipeline.variants.dim
     root = Path(root)
     return [

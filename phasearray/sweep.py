@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from . import lyapunov
-from . import observables as obs
 from .activations import activate
+from .checkpoint import checkpoint_observables, held_out_arrays, mark_diverged
 from .config import Pipeline, parse_pipeline
 from .engines import Engine, SGDProblem, get_engine, resolve_engine_name
 from .ensemble import Ensemble, make_ensemble, stream_key, teacher_outputs
+from .errors import PhasearrayWarning
 from .store import (
     Block,
     BlockWriter,
@@ -30,10 +32,11 @@ from .store import (
     check_same_pipeline,
     completion,
     create_store,
-    plan_blocks,
+    read_attrs,
+    stored_blocks,
 )
 
-__all__ = ["SweepResult", "checkpoint_observables", "run_block", "run_sweep"]
+__all__ = ["SweepResult", "run_block", "run_sweep"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def run_sweep(
     get_engine(engine_name)  # fail here, before a store is made, if unavailable
     _open_or_create(path, pipeline, engine_name)
 
-    blocks = plan_blocks(pipeline)
+    blocks = stored_blocks(path, pipeline)
     done = completion(path, blocks)
     steps_done = _steps_at(pipeline, done)
     total = pipeline.train.steps * pipeline.n_models
@@ -119,8 +122,21 @@ def _open_or_create(path: Path, pipeline: Pipeline, engine_name: str) -> None:
     if path.exists():
         check_same_pipeline(path, pipeline)
         check_integrity(path, pipeline)
+        _warn_engine_change(path, engine_name)
         return
     create_store(path, pipeline, _ensemble_arrays(pipeline), engine_name)
+
+
+def _warn_engine_change(path: Path, engine_name: str) -> None:
+    stored = read_attrs(path).get("engine")
+    if stored != engine_name:
+        warnings.warn(
+            f"store {str(path)!r} was started with engine {stored!r}; continuing with "
+            f"{engine_name!r}. Engines agree to round-off, which the hot phase "
+            "amplifies: resume with the same engine for bit-identical results",
+            PhasearrayWarning,
+            stacklevel=4,
+        )
 
 
 def _steps_at(pipeline: Pipeline, checkpoints_done: np.ndarray) -> list[int]:
@@ -226,7 +242,7 @@ def run_block(
     model_steps = 0
     for k, t_previous, t_k in _segments(checkpoints, n_done):
         engine.advance(state, t_previous, t_k)
-        _mark_diverged(engine, state)
+        mark_diverged(engine, state)
         values = checkpoint_observables(engine, state, test)
         writer.write_checkpoint(
             k, _unflatten(values, block.shape), bool(pipeline.W2_checkpoints[k])
@@ -292,7 +308,7 @@ def _run_with_twins(
             record.lyapunov_perturbation,
             log_growth,
         )
-        _mark_diverged(engine, state)
+        mark_diverged(engine, state)
         values = checkpoint_observables(engine, base, test)
         values["lyapunov_log_growth"] = log_growth.copy()
         values["lyapunov"] = lyapunov.exponent(log_growth, t_k)
@@ -393,79 +409,6 @@ def _ensemble_arrays(pipeline: Pipeline) -> dict[str, np.ndarray]:
         n: getattr(ensemble, n).reshape(*lead, *getattr(ensemble, n).shape[1:])
         for n in names
     }
-
-
-def held_out_arrays(
-    engine: Engine,
-    x_test: np.ndarray,
-    teacher: tuple[np.ndarray, np.ndarray, np.ndarray],
-    W2_initial: np.ndarray,
-    problem: SGDProblem,
-) -> dict[str, Any]:
-    """Test-set features, targets and features at t = 0, on the engine's device.
-
-    Parameters
-    ----------
-    x_test : (S, n_test, n0)
-    teacher : W̄1 (S, n1, n0), W̄2 (S, n2, n1), W̄3 (S, n3, n2)
-    W2_initial : (M, n2, n1)
-    """
-    xp, dtype, activation = engine.xp, problem.dtype, problem.activation
-    W1 = teacher[0]
-    phi1_test = activate(activation, x_test @ np.swapaxes(W1, 1, 2), np)
-    y_test = teacher_outputs(x_test, *teacher, activation)
-    phi1_test = xp.asarray(phi1_test, dtype=dtype)
-    W2_0 = xp.asarray(W2_initial, dtype=dtype)
-    phi2_initial = obs.features(
-        phi1_test[xp.asarray(problem.member_stream)], W2_0, activation, xp
-    )
-    return {
-        "phi1": phi1_test,
-        "y": xp.asarray(y_test, dtype=dtype),
-        "phi2_initial": phi2_initial,
-    }
-
-
-def _mark_diverged(engine: Engine, state: Any) -> None:
-    """Set every member holding NaN or inf entirely to NaN."""
-    xp = engine.xp
-    finite = xp.all(xp.isfinite(state.W2), axis=(1, 2))
-    state.W2[~finite] = xp.nan
-
-
-def checkpoint_observables(
-    engine: Engine, state: Any, test: dict[str, Any]
-) -> dict[str, np.ndarray]:
-    """Every recorded observable of every member, as host arrays (SPEC §3).
-
-    Returns
-    -------
-    dict of str to numpy.ndarray
-        ``W2`` (M, n2, n1), ``eigenvalues`` (M, n2) and the scalars (M,):
-        ``train_loss``, ``test_loss``, ``grad_norm``, ``feature_overlap``,
-        ``alignment``, ``diverged``.
-    """
-    xp, problem = engine.xp, state.problem
-    out: dict[str, np.ndarray] = {}
-    out["train_loss"], out["grad_norm"] = engine.train_observables(state)
-
-    # The test set is small (|D_test| = 128): one pass over all members.
-    member_stream = xp.asarray(problem.member_stream)
-    with np.errstate(all="ignore"):
-        phi2 = obs.features(
-            test["phi1"][member_stream], state.W2, problem.activation, xp
-        )
-        W3 = state.arrays["W3"][member_stream]
-        y = test["y"][member_stream]
-        out["test_loss"] = engine.to_host(obs.loss(phi2, y, W3, xp))
-        out["feature_overlap"] = engine.to_host(
-            obs.feature_overlap(phi2, test["phi2_initial"], xp)
-        )
-        out["alignment"] = engine.to_host(obs.alignment(phi2, y, W3, xp))
-        out["eigenvalues"] = engine.to_host(obs.eigenvalues(state.W2, xp))
-    out["W2"] = engine.to_host(state.W2).copy()
-    out["diverged"] = ~np.isfinite(out["W2"]).all(axis=(1, 2))
-    return out
 
 
 def _flat(array: np.ndarray) -> np.ndarray:

@@ -92,6 +92,11 @@ BAD = {
     ),
     "bad-override": (["train.steps"], "must look like dotted.path=value"),
     "trainable": (["model.trainable=[W1]"], "field 'model.trainable.0': got 'W1'"),
+    "lyapunov-float32": (
+        ["record.lyapunov=true", "train.dtype=float32"],
+        "with train.dtype float32 it must be at least 1.2e-05",
+    ),
+    "digits-width": (["data.source=digits"], "so n0 must be 64"),
 }
 
 
@@ -126,3 +131,9 @@ def test_not_a_mapping() -> None:
 def test_grid_is_required() -> None:
     with pytest.raises(ConfigError, match="field 'grid' is required"):
         parse_pipeline({})
+
+
+def test_exponent_floats_are_numbers_in_yaml() -> None:
+    # PyYAML reads an unquoted 1e-4 as a string (YAML 1.1); pipelines use 1.2 floats
+    p = load_pipeline("quick", ["record.lyapunov_perturbation=1e-4"])
+    assert p.record.lyapunov_perturbation == 1e-4

@@ -274,3 +274,113 @@ def test_unreachable_scheduler_exits_2(
     assert code == 2
     assert "cannot reach" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_resume_with_another_block_size_keeps_the_stores_chunks(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    """Blocks come from the store's chunks, not from engine.block_models on resume."""
+    store = tmp_path / "resized.zarr"
+    calls = []
+
+    def stop(steps: int) -> None:
+        calls.append(steps)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_sweep(load_pipeline("quick", LONGER), store, progress=stop)
+    resized = [*LONGER, "engine.block_models=1"]
+    pa.run_sweep(load_pipeline("quick", resized), store)
+    assert bool(pa.open_sweep(store).done.all())
+    assert_same_store(store, uninterrupted)
+
+
+def test_missing_resume_slot_is_damage(tmp_path: Path, capsys) -> None:
+    store = tmp_path / "r.zarr"
+    calls = []
+
+    def stop(steps: int) -> None:
+        calls.append(steps)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
+    slots = sorted((store / "resume_W2" / "c").rglob("*"))
+    for path in (p for p in slots if p.is_file()):
+        path.unlink()
+    before = tree_digest(store)
+    assert rerun(store) == 2
+    assert "resume_W2/c/" in capsys.readouterr().err
+    assert tree_digest(store) == before
+
+
+def test_resume_with_another_engine_warns(tmp_path: Path) -> None:
+    from phasearray.errors import PhasearrayWarning
+
+    store = tmp_path / "e.zarr"
+    pipeline = load_pipeline("quick", tiny_overrides())
+    calls = []
+
+    def stop(steps: int) -> None:
+        calls.append(steps)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_sweep(pipeline, store, progress=stop)
+    with pytest.warns(PhasearrayWarning, match="started with engine 'numpy'"):
+        pa.run_sweep(pipeline, store, engine="numba")
+
+
+def test_unknown_engine_and_bad_scheduler_exit_2(tmp_path: Path, capsys) -> None:
+    store = tmp_path / "x.zarr"
+    with pytest.raises(SystemExit) as info:
+        main(
+            ["run", "--store", str(store), "--engine", "bogus", *sets(tiny_overrides())]
+        )
+    assert info.value.code == 2
+    code = main(
+        [
+            "run",
+            "--store",
+            str(store),
+            "--scheduler",
+            "not a url",
+            *sets(tiny_overrides()),
+        ]
+    )
+    assert code == 2
+    assert "--scheduler" in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_study_with_unavailable_engine_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    variants = "variants={dim: b, field: train.batch_size, values: [2, 4]}"
+    code = main(
+        [
+            "run",
+            "--store",
+            str(root),
+            "--engine",
+            "cupy",
+            *sets([*tiny_overrides(), variants]),
+        ]
+    )
+    assert code == 2
+    assert not root.exists()
+
+
+def test_lyapunov_growth_is_float64_in_float32_runs(tmp_path: Path) -> None:
+    overrides = tiny_overrides(
+        **{
+            "train.dtype": "float32",
+            "record.lyapunov": "true",
+            "record.lyapunov_perturbation": "1e-4",
+        }
+    )
+    pa.run_sweep(load_pipeline("quick", overrides), tmp_path / "f.zarr")
+    ds = pa.open_sweep(tmp_path / "f.zarr")
+    assert ds.lyapunov_log_growth.dtype == np.float64 and ds.W2.dtype == np.float32

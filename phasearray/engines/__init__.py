@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from ..errors import EngineUnavailableError
+from ..errors import ConfigError, EngineUnavailableError
 from .base import Engine, SGDProblem, SGDState
 
 __all__ = [
@@ -49,7 +49,7 @@ def get_engine(name: str = "auto") -> Engine:
     ------
     EngineUnavailableError
         The engine's package or device is missing here.
-    ValueError
+    ConfigError
         The name is not an engine.
     """
     name = resolve_engine_name(name)
@@ -70,13 +70,14 @@ def resolve_engine_name(name: str) -> str:
     """Map ``auto`` to a concrete engine name; check other names exist."""
     if name != "auto":
         if name not in _ENGINES:
-            raise ValueError(
+            raise ConfigError(
                 f"engine {name!r} is not known; choose auto or one of "
                 f"{', '.join(_ENGINES)}"
             )
         return name
+    available = available_engines()
     for candidate in _AUTO_ORDER:
-        if candidate in available_engines():
+        if candidate in available:
             logger.debug("engine auto: choosing %s", candidate)
             return candidate
     return "numpy"

@@ -1,0 +1,92 @@
+"""What is computed at a checkpoint, on the engine's device, for every member.
+
+Shared by sweeps and :func:`phasearray.simulate`: the held-out arrays a block
+needs, the divergence mark, and every recorded observable (SPEC §3) as host
+arrays. The kernels themselves are in :mod:`phasearray.observables`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import observables as obs
+from .activations import activate
+from .engines import Engine, SGDProblem
+from .ensemble import teacher_outputs
+
+__all__ = ["checkpoint_observables", "held_out_arrays", "mark_diverged"]
+
+
+def held_out_arrays(
+    engine: Engine,
+    x_test: np.ndarray,
+    teacher: tuple[np.ndarray, np.ndarray, np.ndarray],
+    W2_initial: np.ndarray,
+    problem: SGDProblem,
+) -> dict[str, Any]:
+    """Test-set features, targets and features at t = 0, on the engine's device.
+
+    Parameters
+    ----------
+    x_test : (S, n_test, n0)
+    teacher : W̄1 (S, n1, n0), W̄2 (S, n2, n1), W̄3 (S, n3, n2)
+    W2_initial : (M, n2, n1)
+    """
+    xp, dtype, activation = engine.xp, problem.dtype, problem.activation
+    W1 = teacher[0]
+    phi1_test = activate(activation, x_test @ np.swapaxes(W1, 1, 2), np)
+    y_test = teacher_outputs(x_test, *teacher, activation)
+    phi1_test = xp.asarray(phi1_test, dtype=dtype)
+    W2_0 = xp.asarray(W2_initial, dtype=dtype)
+    phi2_initial = obs.features(
+        phi1_test[xp.asarray(problem.member_stream)], W2_0, activation, xp
+    )
+    return {
+        "phi1": phi1_test,
+        "y": xp.asarray(y_test, dtype=dtype),
+        "phi2_initial": phi2_initial,
+    }
+
+
+def mark_diverged(engine: Engine, state: Any) -> None:
+    """Set every member holding NaN or inf entirely to NaN."""
+    xp = engine.xp
+    finite = xp.all(xp.isfinite(state.W2), axis=(1, 2))
+    state.W2[~finite] = xp.nan
+
+
+def checkpoint_observables(
+    engine: Engine, state: Any, test: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Every recorded observable of every member, as host arrays (SPEC §3).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``W2`` (M, n2, n1), ``eigenvalues`` (M, n2) and the scalars (M,):
+        ``train_loss``, ``test_loss``, ``grad_norm``, ``feature_overlap``,
+        ``alignment``, ``diverged``.
+    """
+    xp, problem = engine.xp, state.problem
+    out: dict[str, np.ndarray] = {}
+    out["train_loss"], out["grad_norm"] = engine.train_observables(state)
+
+    # The test set is small (|D_test| = 128): one pass over all members.
+    member_stream = xp.asarray(problem.member_stream)
+    with np.errstate(all="ignore"):
+        phi2 = obs.features(
+            test["phi1"][member_stream], state.W2, problem.activation, xp
+        )
+        W3 = state.arrays["W3"][member_stream]
+        y = test["y"][member_stream]
+        out["test_loss"] = engine.to_host(obs.loss(phi2, y, W3, xp))
+        out["feature_overlap"] = engine.to_host(
+            obs.feature_overlap(phi2, test["phi2_initial"], xp)
+        )
+        out["alignment"] = engine.to_host(obs.alignment(phi2, y, W3, xp))
+        out["eigenvalues"] = engine.to_host(obs.eigenvalues(state.W2, xp))
+    out["W2"] = engine.to_host(state.W2).copy()
+    out["diverged"] = ~np.isfinite(out["W2"]).all(axis=(1, 2))
+    return out
