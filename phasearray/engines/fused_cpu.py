@@ -171,6 +171,15 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.width))
 
 
+def _contiguous(array: Any) -> bool:
+    """Whether a Numba type is a C-contiguous float32 or float64 array."""
+    return (
+        isinstance(array, types.Array)
+        and array.layout == "C"
+        and array.dtype in (types.float32, types.float64)
+    )
+
+
 def _vector_pointer(context, builder, array_type, array, start, vector_type):
     """Address of element ``start`` of a contiguous array, as a vector pointer."""
     data = context.make_array(array_type)(context, builder, array).data
@@ -181,6 +190,8 @@ def _vector_pointer(context, builder, array_type, array, start, vector_type):
 @intrinsic
 def _vload(typingctx, array, start):
     """The vector of elements ``start, start + 1, …`` of a C-contiguous array."""
+    if not _contiguous(array):
+        return None
     vector = _Vector(array.dtype)
 
     def codegen(context, builder, sig, args):
@@ -193,6 +204,8 @@ def _vload(typingctx, array, start):
 @intrinsic
 def _vstore(typingctx, array, start, value):
     """Write ``value`` to elements ``start, start + 1, …`` of a C-contiguous array."""
+    if not (_contiguous(array) and value == _Vector(array.dtype)):
+        return None
 
     def codegen(context, builder, sig, args):
         pointer = _vector_pointer(
@@ -280,6 +293,8 @@ def _lanes(typingctx, x):
 @intrinsic
 def _item(typingctx, array, index):
     """``array.flat[index]`` of a C-contiguous array, with no negative wraparound."""
+    if not _contiguous(array):
+        return None
 
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
