@@ -13,7 +13,7 @@ Contents
 - the Dyson-Brownian-motion drift K̃ and noise Ṽ of the eigenvalues, the
   level-spacing coefficients K_S, V_S, D_S, eqs. (B.7) and (B.9), and the
   convergence criterion, eq. (4.15), in two conventions (see
-  :func:`dbm_coefficients`);
+  :func:`dbm_coefficients` and :func:`dbm_level_spacing`);
 - the feature distribution p(φ) of φ = tanh(z), z ~ N(0, σ_z²), eq. (2.21),
   whose single peak splits in two at σ_z² = σ_c² = 1/2.
 

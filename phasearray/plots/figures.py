@@ -167,9 +167,20 @@ def fig6_eigenvalue_flows(ds: xr.Dataset, r: dict[str, Any]) -> Figure:
         values = flows[name].transpose("seed", "eigen", "t").values
         t = flows["t"].values.astype(np.float64)
         lines = [np.column_stack([t, row]) for row in values.reshape(-1, t.size)]
-        ax.add_collection(LineCollection(lines, colors="steelblue", lw=0.6, alpha=0.6))
-        for x in teacher:
-            ax.axhline(x, color="k", ls="--", lw=0.4, alpha=0.4)
+        ax.add_collection(
+            LineCollection(lines, colors="steelblue", lw=0.6, alpha=0.6, zorder=2)
+        )
+        # one collection for all teacher levels: thousands of axhlines are slow
+        ax.hlines(
+            teacher,
+            t.min(),
+            t.max(),
+            colors="0.3",
+            linestyles="--",
+            lw=0.3,
+            alpha=0.3,
+            zorder=0,
+        )
         _flow_limits(ax, t, values, teacher, name)
         T, sigma = float(ds["T"][where["T"]]), float(ds["sigma_W"][where["sigma_W"]])
         ax.set(
