@@ -18,7 +18,7 @@ Printed lines, ``key=value`` separated by spaces::
 
     machine dgemm_gflops=<x> sgemm_gflops=<x> threads=<n>
     engine=<name> dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=<r> \
-fraction_of_limit=<f> models=<M> steps=<S> seconds=<t>
+fraction_of_limit=<f> model_steps_per_cpu_s=<x> models=<M> steps=<S> seconds=<t>
     engine=peer_torch dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=1 …
     engine=peer_torch dtype=<dtype> skipped (<reason>)
     observables seconds_per_checkpoint=<x> engine=<name> models=<M> samples=<n>
@@ -115,18 +115,24 @@ def make_workload(models: int, dtype: str = "float64") -> Workload:
     return Workload(problem, W2, test)
 
 
-def time_engine(name: str, workload: Workload, steps: int) -> float:
-    """Model-steps per second of one engine, after a warm-up, device synced."""
+def time_engine(name: str, workload: Workload, steps: int) -> tuple[float, float]:
+    """Model-steps per wall-clock second and per CPU second of this process.
+
+    Timed after a warm-up, with the device synchronised. The CPU-time rate
+    does not drop when other processes share the cores; on an idle machine it
+    is the wall-clock rate divided by the threads kept busy.
+    """
     engine = get_engine(name)
     state = engine.start(workload.problem, workload.W2)
     engine.advance(state, 0, WARMUP_STEPS)
     engine.to_host(state.W2)
 
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     engine.advance(state, WARMUP_STEPS, WARMUP_STEPS + steps)
     engine.to_host(state.W2)
-    elapsed = time.perf_counter() - start
-    return workload.problem.n_members * steps / elapsed
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    model_steps = workload.problem.n_members * steps
+    return model_steps / wall, model_steps / max(cpu, 1e-9)
 
 
 def default_peer_path() -> Path:
@@ -281,10 +287,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(engine_line("peer_torch", dtype, peer, peer, models=M), flush=True)
         for name in names:
             start = time.perf_counter()
-            rate = time_engine(name, workload, args.steps)
-            seconds = f"{time.perf_counter() - start:.3g}"
+            rate, cpu_rate = time_engine(name, workload, args.steps)
             line = engine_line(
-                name, dtype, rate, peer, models=M, steps=args.steps, seconds=seconds
+                name,
+                dtype,
+                rate,
+                peer,
+                model_steps_per_cpu_s=f"{cpu_rate:.4g}",
+                models=M,
+                steps=args.steps,
+                seconds=f"{time.perf_counter() - start:.3g}",
             )
             print(line, flush=True)
 

@@ -1,32 +1,41 @@
 """Fused CPU engine: one Numba kernel runs every step of a chunk, per model.
 
-Each member trains in its own ``prange`` iteration. Its W2 lives in a small
-contiguous local buffer, transposed to (n1, n2) so that a row of W2ᵀ is a few
-SIMD vectors, and a chunk of up to :data:`~phasearray.engines.base.STEP_CHUNK`
-steps costs one kernel call and no allocation per step. The arithmetic is that
-of :func:`phasearray.engines.batched.sgd_step` (eq. (2.28) of Park et al.
-2025), in the same order of scaling: the minibatch *sum* of the per-sample
-gradients is multiplied by ε/|B| and subtracted from W2.
+The arithmetic is that of :func:`phasearray.engines.batched.sgd_step` (eq.
+(2.28) of Park et al. 2025) in the same order of scaling: the minibatch *sum*
+of the per-sample gradients is multiplied by ε/|B| and subtracted from W2. A
+chunk of up to :data:`~phasearray.engines.base.STEP_CHUNK` steps is one kernel
+call with no allocation per step.
 
 Design
 ------
-Numba's loop vectoriser gives up on the short (16-wide) loops of this problem
-and its SLP vectoriser is off, so the kernel spells its SIMD out: a small
-vector type (:class:`_Vector`, one 64-byte register: 8 float64 or 16 float32
-lanes) with load, store, broadcast and arithmetic written as LLVM IR. Every
-operation is a plain IEEE multiply, add, subtract or divide, never a fused
-multiply-add, so a member's result depends only on its own inputs: it is
-bit-identical for any split of the members into blocks, any number of threads
-and any resume point, on any x86-64 CPU.
+Work units. The members are split into units of one stream each (at most
+:data:`UNIT_MEMBERS` members, see :func:`work_units`) handed to the threads one
+at a time by ``prange``. A unit keeps its members' W2ᵀ in local buffers for the
+whole chunk; for each tile of :data:`TILE_STEPS` steps it gathers the stream's
+minibatch rows into one contiguous buffer, then runs every member through the
+tile. Members of a stream share their minibatches, so the training set is read
+sequentially, once per unit, not at random rows per member.
 
-tanh is evaluated on vectors too, by ``tanh a = −expm1(−2a) / (2 + expm1(−2a))``
-with a Cody–Waite reduction and a Taylor polynomial; it agrees with the C
-library to about 3 ulp (NumPy's tanh to about 1 ulp), so the engine agrees with
-the NumPy reference to round-off wherever the dynamics does not amplify it.
+SIMD. Numba's loop vectoriser gives up on the short (16-wide) loops of this
+problem and its SLP vectoriser is off, so the kernel spells its SIMD out: a
+small vector type (:class:`_Vector`, 64 bytes: 8 float64 or 16 float32 lanes)
+whose load, store, broadcast and arithmetic are written as LLVM IR. W2 is held
+transposed, (n1, n2), so that a row is one or two vectors. Every operation is
+a plain IEEE multiply, add, subtract or divide, never a fused multiply-add, so
+a member's result depends on its own inputs only: it is bit-identical for any
+split of the members into blocks, any number of threads and any resume point.
 
-The minibatch rows of a tile of :data:`TILE_STEPS` steps are first gathered per
-stream into a contiguous buffer, shared by all members of that stream, so the
-training set is read sequentially rather than at random rows per member.
+tanh is evaluated on vectors too, as −expm1(−2a)/(2 + expm1(−2a)) with a
+Cody–Waite reduction and a polynomial (:func:`kernel_tanh`); it is within 3 ulp
+of the exact value (NumPy's within about 1 ulp), so the engine follows the
+NumPy reference to round-off wherever the dynamics does not amplify it.
+
+:meth:`NumbaEngine.train_observables` reuses the same forward and backward
+code for the training loss and gradient norm over the whole training set.
+
+Compilation takes ~20 s per precision (plus ~7 s for the observables) the
+first time; Numba caches the machine code next to this file (or in its user
+cache directory), so later processes, Dask workers included, load it at once.
 """
 
 from __future__ import annotations
@@ -107,6 +116,12 @@ class NumbaEngine(Engine):
                 "engine; make the state with NumbaEngine.start"
             )
         units = work_units(arrays["member_stream"], numba.get_num_threads())
+        logger.debug(
+            "numba: %d steps of %d members in %d units",
+            indices.shape[1],
+            state.W2.shape[0],
+            units[0].size,
+        )
         # Units differ in size: hand them to the threads one at a time.
         with numba.parallel_chunksize(1):
             _sgd_chunk(
@@ -485,7 +500,7 @@ def _tanh_lanes(z, scalars, even, odd):
 # j < n2 and 0 for n2 ≤ j < n2p, n2 rounded up to nv whole vectors; padded
 # lanes stay zero for a finite model and never reach the real ones. Per step,
 # H = φ(z), P = φ'(z) and D = δ are (B, n2p) buffers and E = ŷ − y is (B, n3);
-# a tile holds φ1 as (stream, step, B, n1) and y as (stream, step, B, n3).
+# a unit's tile holds the gathered φ1 rows as (step, B, n1) and y as (step, B, n3).
 # ``dims`` is (n1, n2p, nv, n3, B).
 
 
