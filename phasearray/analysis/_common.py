@@ -145,9 +145,10 @@ def dress(result: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
 def compute(*datasets: xr.Dataset) -> tuple[xr.Dataset, ...]:
     """Compute several lazy results in one pass, sharing their common inputs.
 
-    The variables go to ``dask.compute`` as DataArrays: handing it several
-    Datasets that share graph layers failed with "Missing dependency" (dask
-    2026.8, xarray 2026.9), while the same variables as DataArrays compute.
+    The variables go to ``dask.compute`` as DataArrays: handing it Datasets
+    whose variables share graph layers (even a single one, e.g. σ_z² and its
+    mean over seeds) failed with "Missing dependency" (dask 2026.8, xarray
+    2026.9), while the same variables as DataArrays compute.
     """
     import dask
 
