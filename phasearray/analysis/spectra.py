@@ -34,8 +34,8 @@ def level_spacing(ds: xr.Dataset) -> xr.Dataset:
     --------
     >>> from phasearray.analysis.synthetic import synthetic_sweep
     >>> out = level_spacing(synthetic_sweep(seeds=2))
-    >>> sorted(out.data_vars)[:3]
-    ['level_spacing', 'mp_density', 'mp_x_minus']
+    >>> out.rate_per_epoch.dims
+    ('T', 'sigma_W', 'seed', 't')
     """
     eigenvalues = whole(variable(ds, "eigenvalues"), "eigen")
     S = xr.apply_ufunc(
