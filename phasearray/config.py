@@ -437,9 +437,22 @@ def _describe(error: ValidationError) -> str:
             lines.append(f"field {field!r} is required")
             continue
         value = detail.get("input")
-        lines.append(f"field {field!r}: got {value!r}; {_allowed_text(detail)}")
+        compound = detail["type"].endswith("_type") or detail["type"] == "literal_error"
+        hint = _SHAPE_HINTS.get(field) if compound else None
+        lines.append(f"field {field!r}: got {value!r}; {hint or _allowed_text(detail)}")
     unique = list(dict.fromkeys(lines))
     return "invalid pipeline:\n  " + "\n  ".join(unique)
+
+
+# What a field of a compound type accepts, said once instead of once per
+# branch of pydantic's union.
+_SHAPE_HINTS = {
+    "grid.T": "must be a list of positive numbers or {log2: [first, last]}",
+    "grid.sigma_W": "must be a list of positive numbers or {log2: [first, last]}",
+    "record.checkpoints": "must be a list of steps or {log: N}",
+    "record.W2": "must be 'all', 'ends' or a list of checkpoint steps",
+    "model.widths": "must be a list of 4 positive integers [n0, n1, n2, n3]",
+}
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -137,3 +137,18 @@ def test_exponent_floats_are_numbers_in_yaml() -> None:
     # PyYAML reads an unquoted 1e-4 as a string (YAML 1.1); pipelines use 1.2 floats
     p = load_pipeline("quick", ["record.lyapunov_perturbation=1e-4"])
     assert p.record.lyapunov_perturbation == 1e-4
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grid.T=0.5", "must be a list of positive numbers or {log2: [first, last]}"),
+        ("record.checkpoints=5", "must be a list of steps or {log: N}"),
+        ("record.W2=some", "must be 'all', 'ends' or a list of checkpoint steps"),
+    ],
+)
+def test_compound_fields_say_what_they_accept(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_pipeline("quick", [override])
+    assert message in str(info.value)
+    assert str(info.value).count("\n") == 1  # one line, not one per union branch
