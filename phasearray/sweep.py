@@ -330,57 +330,60 @@ class _BlockSetup:
 
 def _block_setup(pipeline: Pipeline, block: Block) -> _BlockSetup:
     """Streams, members and the SGD problem of one block (host arrays)."""
+    T_m, sigma_m, seed_m = _members(pipeline, block)
+    member_keys = [
+        stream_key(s, t, sw) for t, sw, s in zip(T_m, sigma_m, seed_m, strict=True)
+    ]
+
+    # Common random numbers: one stream per seed, unless teachers are per cell.
+    if pipeline.grid.fresh_teachers:
+        keys, member_stream = member_keys, np.arange(T_m.size)
+    else:
+        seeds, member_stream = np.unique(seed_m, return_inverse=True)
+        keys = [stream_key(s) for s in seeds]
+
+    data = pipeline.data
+    ensemble = make_ensemble(
+        keys, pipeline.model.widths, data.n_train, data.n_test, data.source
+    )
+    problem = _problem(pipeline, ensemble, member_stream, T_m)
+    scale = sigma_m / np.sqrt(pipeline.model.widths[1])
+    W2_initial = scale[:, None, None] * ensemble.W2_normal[member_stream]
+    return _BlockSetup(
+        problem, ensemble, W2_initial.astype(pipeline.train.dtype), member_keys
+    )
+
+
+def _members(
+    pipeline: Pipeline, block: Block
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """T, σ_W and seed of every member of a block, in (T, sigma_W, seed) C order."""
     grid = pipeline.grid
     T = np.asarray(grid.T)[block.slices[0]]
     sigma_W = np.asarray(grid.sigma_W)[block.slices[1]]
     seeds = pipeline.seeds[block.slices[2]]
-    T_m, sigma_m, seed_m = (
-        a.ravel() for a in np.meshgrid(T, sigma_W, seeds, indexing="ij")
-    )
+    return tuple(a.ravel() for a in np.meshgrid(T, sigma_W, seeds, indexing="ij"))  # type: ignore[return-value]
 
-    if grid.fresh_teachers:
-        keys = [
-            stream_key(s, t, sw) for t, sw, s in zip(T_m, sigma_m, seed_m, strict=True)
-        ]
-        member_stream = np.arange(T_m.size)
-    else:
-        keys = [stream_key(s) for s in seeds]
-        member_stream = np.tile(np.arange(seeds.size), T.size * sigma_W.size)
 
-    widths = pipeline.model.widths
-    ensemble = make_ensemble(
-        keys, widths, pipeline.data.n_train, pipeline.data.n_test, pipeline.data.source
-    )
+def _problem(
+    pipeline: Pipeline, ensemble: Ensemble, member_stream: np.ndarray, T_m: np.ndarray
+) -> SGDProblem:
+    """First-layer features and teacher targets of each stream, and the members."""
     activation = pipeline.model.activation
-    phi1 = activate(
-        activation, ensemble.x_train @ np.swapaxes(ensemble.teacher_W1, 1, 2), np
-    )
-    y = teacher_outputs(
-        ensemble.x_train,
-        ensemble.teacher_W1,
-        ensemble.teacher_W2,
-        ensemble.teacher_W3,
-        activation,
-    )
-    problem = SGDProblem(
-        phi1=phi1,
-        y=y,
-        W3=ensemble.teacher_W3,
-        keys=ensemble.keys,
-        member_stream=member_stream,
+    e = ensemble
+    return SGDProblem(
+        phi1=activate(activation, e.x_train @ np.swapaxes(e.teacher_W1, 1, 2), np),
+        y=teacher_outputs(
+            e.x_train, e.teacher_W1, e.teacher_W2, e.teacher_W3, activation
+        ),
+        W3=e.teacher_W3,
+        keys=e.keys,
+        member_stream=np.asarray(member_stream, dtype=np.int64).ravel(),
         learning_rate=T_m * pipeline.train.batch_size,
         batch_size=pipeline.train.batch_size,
         schedule=pipeline.train.schedule,
         activation=activation,
         dtype=pipeline.train.dtype,
-    )
-    scale = sigma_m / np.sqrt(widths[1])
-    W2_initial = scale[:, None, None] * ensemble.W2_normal[member_stream]
-    member_keys = [
-        stream_key(s, t, sw) for t, sw, s in zip(T_m, sigma_m, seed_m, strict=True)
-    ]
-    return _BlockSetup(
-        problem, ensemble, W2_initial.astype(pipeline.train.dtype), member_keys
     )
 
 
