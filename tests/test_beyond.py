@@ -419,8 +419,9 @@ def test_shipped_pipelines_are_small(name: str, dim: str | None) -> None:
         p.n_models * p.train.steps * p.model.widths[1] * p.model.widths[2] * twins
         for p in variants
     )
-    # a few minutes on two cores: at most ~3 million steps of the 32 × 16 model
-    assert work <= 3e6 * 32 * 16
+    # a few minutes on two cores (the numba engine runs ~7e4 model-steps/s):
+    # at most 1e7 steps of the 32 × 16 model
+    assert work <= 1e7 * 32 * 16
 
 
 def test_scaling_pipeline_has_a_checkpoint_at_every_matched_epoch() -> None:

@@ -382,8 +382,9 @@ def scaling_figure(
     *,
     convention: str = "paper",
 ) -> Figure:
-    """Linear scaling rule: loss, G(t, 0) and boundary for every |B| at matched
-    epochs (top row) and at matched steps (bottom row), with the spreads."""
+    """Linear scaling rule: loss, G(t, 0) and boundary for every |B|, and the
+    spread of log10 loss over |B| per cell, at matched epochs (top row) and at
+    matched steps (bottom row)."""
     results = compute(
         *(
             beyond.scaling_collapse(
@@ -392,10 +393,14 @@ def scaling_figure(
             for match in beyond.MATCHES
         )
     )
-    fig = draw.figure(3, 2, width=4.4, height=3.4)
-    axes = fig.subplots(2, 3)
+    fig = draw.figure(4, 2, width=4.3, height=3.4)
+    axes = fig.subplots(2, 4)
     for row, found in zip(axes, results, strict=True):
-        _scaling_row(row, found, dim)
+        _scaling_row(row[:3], found, dim)
+        draw.phase_map(
+            fig, row[3], found["loss_spread_map"], label="std over |B| of log10 loss"
+        )
+        row[3].set_title(f"matched {found.attrs['match']}", fontsize="small")
     draw.legend(axes[0, 0], fontsize="x-small")
     return fig
 
@@ -446,9 +451,10 @@ def _scaling_row(row: Any, found: xr.Dataset, dim: str) -> None:
         yscale="log",
         xlabel=draw.LABEL_INV,
         ylabel="T_boundary (1σ)",
-        title=f"max spread {float(found['boundary_spread_max']):.2f} (log2 T)",
+        title=_boundary_title(float(found["boundary_spread_max"])),
     )
     for ax in row:
+        ax.title.set_fontsize("small")
         _grid_ticks(ax.xaxis, found["T"].values)
     _grid_ticks(row[2].xaxis, 1 / sigma)
     _grid_ticks(row[2].yaxis, found["T"].values)
@@ -459,6 +465,12 @@ def _scaling_row(row: Any, found: xr.Dataset, dim: str) -> None:
         transform=row[0].transAxes,
         fontsize="x-small",
     )
+
+
+def _boundary_title(spread: float) -> str:
+    if not np.isfinite(spread):
+        return "spread: n/a (a |B| lacks a boundary)"
+    return f"max spread {spread:.2f} (log2 T)"
 
 
 def _spreads(found: xr.Dataset, name: str) -> str:
