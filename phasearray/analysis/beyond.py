@@ -33,7 +33,7 @@ import logging
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -344,7 +344,7 @@ def chaos_vs_dbm(
     noisy = (fraction < level).transpose("T", "sigma_W")
     agree = chaotic == noisy
     with np.errstate(divide="ignore", invalid="ignore"):
-        log2_ratio = np.log2(T_chaos / T_dbm)
+        log2_ratio = cast(xr.DataArray, np.log2(T_chaos / T_dbm))
     return xr.Dataset(
         {
             "T_chaos": T_chaos,
@@ -414,7 +414,8 @@ def open_variants(root: str | Path) -> tuple[str, dict[Any, xr.Dataset]]:
     missing = [str(path) for _, _, path in stores if not path.exists()]
     if missing:
         raise StoreError(f"study {str(root)!r} is incomplete; missing {missing}")
-    return pipeline.variants.dim, {label: open_sweep(path) for label, _, path in stores}
+    dim = pipeline.variants.dim if pipeline.variants is not None else ""
+    return dim, {label: open_sweep(path) for label, _, path in stores}
 
 
 def variant_boundaries(
@@ -455,7 +456,9 @@ def variant_boundaries(
         found = without_runaways(ds).phase.boundaries(
             levels, t=position, convention=convention
         )
-        part = bare(found[["converged_fraction", "jamming_inv_sigma_W"]])
+        part = found[["converged_fraction", "jamming_inv_sigma_W"]].reset_coords(
+            drop=True
+        )
         part["T_boundary"] = bare(found["T_boundary"]).sel(
             level=float(level), drop=True
         )
@@ -669,7 +672,7 @@ def spread_map(values: xr.DataArray, dim: str, *, log: bool = True) -> xr.DataAr
     """std over ``dim`` of log10(values) (or values) per cell; see :func:`collapse_spread`."""
     data = bare(values)
     if log:
-        data = np.log10(data.where(data > 0))
+        data = cast(xr.DataArray, np.log10(data.where(data > 0)))
     return xr.apply_ufunc(
         _complete_std,
         whole(data, dim),
@@ -696,7 +699,7 @@ def _nanmedian_all(data: xr.DataArray) -> xr.DataArray:
 
 
 def _over_all_dims(data: xr.DataArray, kernel: Any) -> xr.DataArray:
-    dims = list(data.dims)
+    dims = [str(d) for d in data.dims]
     return xr.apply_ufunc(
         kernel,
         whole(data, *dims),
@@ -821,7 +824,7 @@ def _at_matched(
 
 
 def _boundary_spread(T_boundary: xr.DataArray, dim: str) -> xr.DataArray:
-    logs = np.log2(T_boundary.where(np.isfinite(T_boundary)))
+    logs = cast(xr.DataArray, np.log2(T_boundary.where(np.isfinite(T_boundary))))
     return spread_map(logs, dim, log=False).assign_attrs(
         long_name="std over variants of log2 T_boundary"
     )
@@ -902,8 +905,10 @@ def integrate_level_spacing(
     out[..., 0] = S
     for k in range(n_intervals):
         dt = (times[k + 1] - times[k]) / substeps
-        coefficients = [np.broadcast_to(c[..., k], lead)[..., None] for c in (K, V, D)]
-        S = _euler_maruyama(S, *coefficients, T_, dt, substeps, rng)
+        drift, coulomb, diffusion = (
+            np.broadcast_to(c[..., k], lead)[..., None] for c in (K, V, D)
+        )
+        S = _euler_maruyama(S, drift, coulomb, diffusion, T_, dt, substeps, rng)
         out[..., k + 1] = S
     return out
 
@@ -1040,7 +1045,9 @@ def _cell_inputs(
     S = sub.phase.level_spacing()["level_spacing"]
     coefficients = xr.concat(
         [
-            bare(sub.phase.dbm(t=int(k), convention=convention)[["K_S", "V_S", "D_S"]])
+            sub.phase.dbm(t=int(k), convention=convention)[
+                ["K_S", "V_S", "D_S"]
+            ].reset_coords(drop=True)
             for k in positions
         ],
         dim=pd.Index(axis(sub, "t").values[list(positions)], name="t_coefficient"),

@@ -349,7 +349,7 @@ def _grid_ticks(axis: Any, values: np.ndarray) -> None:
         return
     step = -(-values.size // 6)
     chosen = values[::step]
-    axis.set_major_locator(FixedLocator(chosen))
+    axis.set_major_locator(FixedLocator(chosen.tolist()))
     axis.set_ticklabels([f"{v:.3g}" for v in chosen])
     axis.set_minor_locator(NullLocator())
 
