@@ -152,7 +152,7 @@ def plan_blocks(
     sizes = (len(pipeline.grid.T), len(pipeline.grid.sigma_W), pipeline.grid.seeds)
     chunk = block_shape(pipeline) if shape is None else tuple(shape)
     starts = [range(0, n, c) for n, c in zip(sizes, chunk, strict=True)]
-    blocks = []
+    blocks: list[Block] = []
     for i_T in starts[0]:
         for i_sigma in starts[1]:
             for i_seed in starts[2]:
@@ -367,9 +367,9 @@ def _encoding(template: xr.Dataset, pipeline: Pipeline) -> dict[str, dict[str, A
         if isinstance(variable.data, da.Array):
             chunks = tuple(c[0] for c in variable.data.chunks)
             fill = False if variable.dtype == bool else np.nan
-            encoding[name] = {"chunks": chunks, "fill_value": fill}
+            encoding[str(name)] = {"chunks": chunks, "fill_value": fill}
             if variable.dtype != bool:
-                encoding[name]["compressors"] = [compressor]
+                encoding[str(name)]["compressors"] = [compressor]
         elif name in _ENSEMBLE_VARS and pipeline.grid.fresh_teachers:
             lead = block_shape(pipeline)
             encoding[name] = {"chunks": (*lead, *variable.shape[3:])}
@@ -513,10 +513,13 @@ class BlockWriter:
             ) from None
         self.block = block
 
+    def _array(self, name: str) -> zarr.Array:
+        return _array(self._group, name)
+
     def completed(self) -> np.ndarray:
         """Per checkpoint: is every model of the block done? dims (t,)."""
-        done = self._group["done"][(*self.block.slices, slice(None))]
-        return np.asarray(done).reshape(-1, done.shape[-1]).all(axis=0)
+        done = np.asarray(self._array("done")[(*self.block.slices, slice(None))])
+        return np.asarray(done.reshape(-1, done.shape[-1]).all(axis=0))
 
     def read(self, name: str, k: int) -> np.ndarray:
         """The block's values of ``name`` at checkpoint ``k``, dims (T, sigma_W, seed, …).
@@ -524,8 +527,8 @@ class BlockWriter:
         ``resume_W2`` and ``resume_twin`` are read from their slot ``k % 2``.
         """
         if name.startswith("resume_"):
-            return np.asarray(self._group[name][(k % 2, *self.block.slices)])
-        return np.asarray(self._group[name][(*self.block.slices, k)])
+            return np.asarray(self._array(name)[(k % 2, *self.block.slices)])
+        return np.asarray(self._array(name)[(*self.block.slices, k)])
 
     def write_checkpoint(
         self, k: int, values: Mapping[str, np.ndarray], keep_W2: bool
@@ -537,12 +540,20 @@ class BlockWriter:
             for name, array in values.items():
                 if name == "twin_W2" or (name == "W2" and not keep_W2):
                     continue
-                self._group[name][region] = array[:, :, :, None]
-            self._group["resume_W2"][slot] = values["W2"]
+                self._array(name)[region] = array[:, :, :, None]
+            self._array("resume_W2")[slot] = values["W2"]
             if "twin_W2" in values:
-                self._group["resume_twin"][slot] = values["twin_W2"]
+                self._array("resume_twin")[slot] = values["twin_W2"]
             done = np.ones((*self.block.shape, 1), dtype=bool)
-            self._group["done"][region] = done
+            self._array("done")[region] = done
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """A named array of a group (zarr types members as arrays or groups)."""
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise StoreError(f"store member {name!r} is not an array")
+    return member
 
 
 def stored_blocks(path: str | Path, pipeline: Pipeline) -> list[Block]:
@@ -567,8 +578,8 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
     try:
         group = zarr.open_group(path, mode="r", zarr_format=3)
         names = (*_checkpoint_vars(pipeline), *_resume_vars(pipeline), *_ENSEMBLE_VARS)
-        arrays = {name: group[name] for name in names}
-        done = np.asarray(arrays["done"][...])
+        arrays = {name: _array(group, name) for name in names}
+        done = np.asarray(arrays["done"][:])
     except Exception as error:
         raise StoreError(f"store {str(path)!r} is damaged: {error}") from None
 
@@ -627,7 +638,7 @@ def _chunk_key(name: str, array: Any, block: Block, k: int) -> str:
 def completion(path: str | Path, blocks: list[Block]) -> np.ndarray:
     """Checkpoints done per block, dims (block,), counting from 0."""
     group = zarr.open_group(Path(path), mode="r", zarr_format=3)
-    done = np.asarray(group["done"][...])
+    done = np.asarray(_array(group, "done")[:])
     counts = []
     for block in blocks:
         per_t = done[block.slices].reshape(-1, done.shape[-1]).all(axis=0)

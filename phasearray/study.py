@@ -65,10 +65,8 @@ def run_study(pipeline: Pipeline, root: str | Path, **kwargs: Any) -> list[Sweep
     root = Path(root)
     claim_study_folder(root, pipeline)
     results = []
-    for label, variant, path in study_stores(pipeline, root):
-        logger.info(
-            "study %s: variant %s = %s", pipeline.name, pipeline.variants.dim, label
-        )
+    for _, variant, path in study_stores(pipeline, root):
+        logger.info("study %s: variant %s", pipeline.name, path.name)
         results.append(run_sweep(variant, path, **kwargs))
     return results
 
@@ -122,6 +120,7 @@ def open_study(root: str | Path, *, all_variables: bool = False) -> xr.Dataset:
     parts = [open_sweep(path) for _, _, path in stores]
     if not all_variables:
         parts = [_per_model(ds) for ds in parts]
+    assert pipeline.variants is not None  # study.yaml is written for studies only
     dim = pipeline.variants.dim
     labels = pd.Index([label for label, _, _ in stores], name=dim)
     joined = xr.concat(
