@@ -179,6 +179,7 @@ def _run_study(args: argparse.Namespace, pipeline: Any) -> int:
     if not args.no_figures:
         for _, _, store in study_stores(pipeline, root):
             _write_figures(store, store.with_name(store.stem + "-figures"))
+        _write_study_figures(root, root.with_name(root.name + "-figures"))
     print(f"study: {root} (open it with phasearray.open_study)")
     return EXIT_OK
 
@@ -277,9 +278,22 @@ class _ProgressBar:
 
 def _write_figures(store: Path, folder: Path) -> None:
     from .plots import write_figures
+    from .plots.beyond import write_beyond_figures
     from .store import open_sweep
 
-    paths = write_figures(open_sweep(store), folder)
+    ds = open_sweep(store)
+    paths = write_figures(ds, folder)
+    if "lyapunov" in ds.data_vars:
+        paths += write_beyond_figures(ds, folder)
+    print(f"figures: {folder} ({len(paths)} files)")
+    for path in paths:
+        print(f"  {path}")
+
+
+def _write_study_figures(root: Path, folder: Path) -> None:
+    from .plots.beyond import write_beyond_figures
+
+    paths = write_beyond_figures(root, folder)
     print(f"figures: {folder} ({len(paths)} files)")
     for path in paths:
         print(f"  {path}")

@@ -63,15 +63,25 @@ def _add_plot(subparsers: Any) -> None:
 
 
 def plot_command(args: argparse.Namespace) -> int:
-    """Write the figures; print one path per line."""
-    from .plots import write_figures
+    """Write the figures; print one path per line.
 
+    A study folder gets the figures that compare its variants; a store with
+    a Lyapunov exponent also gets the chaos figures.
+    """
+    from .plots import write_figures
+    from .plots.beyond import write_beyond_figures
+
+    folder = args.out or default_figure_folder(args.store)
     try:
-        ds = _open(args.store)
-        folder = args.out or default_figure_folder(args.store)
-        paths = write_figures(
-            ds, folder, figures=args.figures, convention=args.convention
-        )
+        if (Path(args.store) / "study.yaml").is_file():
+            paths = write_beyond_figures(args.store, folder, convention=args.convention)
+        else:
+            ds = _open(args.store)
+            paths = write_figures(
+                ds, folder, figures=args.figures, convention=args.convention
+            )
+            if "lyapunov" in ds.data_vars and not args.figures:
+                paths += write_beyond_figures(ds, folder, convention=args.convention)
     except (PhasearrayError, OSError) as error:
         return _fail(error)
     for path in paths:

@@ -366,7 +366,7 @@ def _over_members(W2, W3, phi1, y, work, shapes, batch):
                 for out, result in zip(outputs, results, strict=True):
                     out[part] = result
     return tuple(
-        out.reshape(*lead, *shape) for out, shape in zip(outputs, shapes, strict=True)
+        out.reshape((*lead, *shape)) for out, shape in zip(outputs, shapes, strict=True)
     )
 
 
@@ -440,9 +440,15 @@ def _ends_batch(W2, W3, phi1, y, *, activation, convention):
     return terms
 
 
+# Weights beyond this are a runaway (identity networks grow without bound and
+# stay finite); the DBM noise is quartic in W2 and would overflow near 1e77.
+RUNAWAY = 1e30
+
+
 def _finite(W2):
-    """W2 with non-finite members zeroed, and the mask of those members."""
-    bad = ~np.all(np.isfinite(W2), axis=(-2, -1))
+    """W2 with non-finite or runaway members zeroed, and the mask of those members."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.all(np.abs(W2) < RUNAWAY, axis=(-2, -1))
     return np.where(bad[:, None, None], 0.0, W2), bad
 
 

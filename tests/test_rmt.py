@@ -293,3 +293,18 @@ def test_dbm_criterion_against_its_inequality(convention) -> None:
 def test_unknown_convention_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match=r"convention 'nature'.*'paper'.*'phase_ml'"):
         rmt.level_spacing_coefficients(np.eye(3), np.eye(3), convention="nature")
+
+
+def test_runaway_and_unbatched_members_give_nan_not_errors() -> None:
+    """Identity networks can grow to 1e140 without NaN: such members are NaN."""
+    from phasearray import rmt
+
+    rng = np.random.default_rng(3)
+    phi1, W3 = rng.normal(size=(50, 8)), rng.normal(size=(1, 4))
+    y = rng.normal(size=(50, 1))
+    W2 = np.stack([rng.normal(size=(4, 8)), 1e140 * rng.normal(size=(4, 8))])
+    K_S, V_S, D_S = rmt.dbm_level_spacing(W2, W3, phi1, y, activation="identity")
+    assert np.isfinite(K_S[0]) and np.isnan(K_S[1]) and np.isnan(V_S[1]) and np.isnan(D_S[1])
+    # no leading member dim at all
+    single = rmt.dbm_level_spacing(W2[0], W3, phi1, y, activation="identity")
+    np.testing.assert_allclose([single[0], single[1], single[2]], [K_S[0], V_S[0], D_S[0]], rtol=1e-12)

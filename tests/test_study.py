@@ -93,3 +93,12 @@ def test_invalid_variant_value_is_reported() -> None:
                 "variants={dim: b, field: train.batch_size, values: [0]}",
             ],
         )
+
+
+def test_plot_command_on_a_study_folder(tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    pa.run_study(load_pipeline("quick", [*tiny_overrides(), BATCH]), root)
+    out = tmp_path / "figures"
+    assert main(["plot", str(root), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "beyond_variants.png" in names and "beyond_scaling.png" in names

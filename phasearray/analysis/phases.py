@@ -219,6 +219,7 @@ def classify(
     t: int = -1,
     convention: str = "paper",
     boundaries_result: xr.Dataset | None = None,
+    growth: float = 1e3,
 ) -> xr.Dataset:
     """Label each (T, σ_W) cell ordered, hot or jammed, by two rules.
 
@@ -248,12 +249,19 @@ def classify(
         Checkpoint and DBM convention.
     boundaries_result : xarray.Dataset, optional
         An already built :func:`boundaries` result (must contain ``level``).
+    growth : float
+        Only for stores with a Lyapunov exponent: a cell is chaotic when the
+        median separation grew by more than this factor (see
+        :func:`phasearray.analysis.beyond.chaos_labels`).
 
     Returns
     -------
     xarray.Dataset, lazy, dims (T, sigma_W)
         ``label_dbm``, ``label_observables`` (int8 codes of :data:`LABELS`,
-        with CF ``flag_values``/``flag_meanings``) and ``disagree``.
+        with CF ``flag_values``/``flag_meanings``) and ``disagree``. With a
+        ``lyapunov`` variable also ``chaotic`` (the chaos order parameter) and
+        ``disagree_chaos`` (chaotic but not hot by the DBM rule, or hot but
+        not chaotic).
     """
     if jamming not in ("data", "theory"):
         raise ConfigError(f"jamming: got {jamming!r}; choose 'data' or 'theory'")
@@ -280,6 +288,11 @@ def classify(
         },
         attrs={"level": level, "jamming": jamming, "loss": loss},
     )
+    if "lyapunov" in ds.data_vars:
+        from .beyond import chaos_labels  # beyond builds on this module
+
+        out["chaotic"] = chaos_labels(ds, t=t, growth=growth)
+        out["disagree_chaos"] = out["chaotic"] != (label_dbm == HOT)
     return dress(out, ds)
 
 
