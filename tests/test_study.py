@@ -97,7 +97,9 @@ def test_invalid_variant_value_is_reported() -> None:
 
 def test_plot_command_on_a_study_folder(tmp_path: Path) -> None:
     root = tmp_path / "study"
-    pa.run_study(load_pipeline("quick", [*tiny_overrides(), BATCH]), root)
+    # checkpoints at matched epochs for |B| = 2 and 4 (t·|B| equal)
+    overrides = tiny_overrides(**{"record.checkpoints": "[0, 50, 100, 150, 300]"})
+    pa.run_study(load_pipeline("quick", [*overrides, BATCH]), root)
     out = tmp_path / "figures"
     assert main(["plot", str(root), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())

@@ -629,8 +629,9 @@ def _warn_mismatch(samples: np.ndarray, target: int, labels: np.ndarray) -> None
     off = np.abs(samples / target - 1)
     if np.any(off > 1e-9):
         worst = int(np.argmax(off))
+        label = np.asarray(labels[worst]).item()
         warnings.warn(
-            f"matched epochs: variant {labels[worst]!r} has no checkpoint at "
+            f"matched epochs: variant {label!r} has no checkpoint at "
             f"{target} samples; its nearest is {int(samples[worst])} "
             f"({off[worst]:.0%} off); add checkpoints at steps samples/|B|",
             PhasearrayWarning,
