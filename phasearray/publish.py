@@ -223,7 +223,9 @@ def _check_reopens(zip_path: Path, original: xr.Dataset) -> xr.Dataset:
     expected = set(original.variables)
     problems = []
     if set(zipped.variables) != expected:
-        problems.append(f"variables {sorted(set(zipped.variables) ^ expected)} differ")
+        problems.append(
+            f"variables {sorted(map(str, set(zipped.variables) ^ expected))} differ"
+        )
     if dict(zipped.sizes) != dict(original.sizes):
         problems.append(f"sizes {dict(zipped.sizes)} != {dict(original.sizes)}")
     if zipped.attrs != original.attrs:
@@ -390,7 +392,7 @@ def _grid_line(grid: Mapping[str, Any]) -> str:
 
 def _data_card(meta: _Metadata, zip_path: Path, ds: xr.Dataset) -> str:
     rows = [
-        f"| `{name}` | {', '.join(var.dims)} | {_cell(var.attrs.get('long_name'))} "
+        f"| `{name}` | {', '.join(map(str, var.dims))} | {_cell(var.attrs.get('long_name'))} "
         f"| {_cell(var.attrs.get('units'))} |"
         for name, var in sorted(ds.data_vars.items())
     ]

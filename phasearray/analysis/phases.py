@@ -202,7 +202,7 @@ def contour_lines(
         x, y, np.ma.masked_invalid(values), line_type=contourpy.LineType.Separate
     )
     return {
-        float(level): [np.exp(line) for line in generator.lines(level)]
+        float(level): [np.exp(np.asarray(line)) for line in generator.lines(level)]
         for level in levels
     }
 

@@ -102,7 +102,7 @@ def marchenko_pastur(ds: xr.Dataset) -> xr.Dataset:
                 {"long_name": "MP density"},
             ),
             "initial_mean": pooled_mean,
-            "sigma_W_fit": np.sqrt(pooled_mean).assign_attrs(
+            "sigma_W_fit": (pooled_mean**0.5).assign_attrs(
                 long_name="σ_W fitted to the initial spectra (method of moments)"
             ),
         },

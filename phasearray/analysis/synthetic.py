@@ -79,19 +79,21 @@ def synthetic_sweep(
     >>> dict(ds.W2.sizes)
     {'T': 3, 'sigma_W': 3, 'seed': 2, 't': 7, 'unit2': 16, 'unit1': 32}
     """
-    T = np.asarray(T, dtype=np.float64)
-    sigma_W = np.asarray(sigma_W, dtype=np.float64)
+    T_values = np.asarray(T, dtype=np.float64)
+    sigma_values = np.asarray(sigma_W, dtype=np.float64)
     t = log_checkpoints(steps, n_checkpoints)
     ensemble = make_ensemble(
         [stream_key(s) for s in range(seeds)], widths, n_train, n_test
     )
 
-    W2 = _trajectories(ensemble, T, sigma_W, t, steps)
+    W2 = _trajectories(ensemble, T_values, sigma_values, t, steps)
     for i_T, i_sigma, i_seed in diverged:
         W2[i_T, i_sigma, i_seed, 1:] = np.nan
     variables = _observables(ensemble, W2, activation)
     variables["W2"] = W2
-    return _dataset(variables, ensemble, T, sigma_W, t, steps, batch_size, activation)
+    return _dataset(
+        variables, ensemble, T_values, sigma_values, t, steps, batch_size, activation
+    )
 
 
 def _trajectories(ensemble, T, sigma_W, t, steps):

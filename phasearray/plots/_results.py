@@ -9,7 +9,7 @@ computed once and nothing a figure does not draw is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,7 @@ def _features(ds: xr.Dataset, **_: Any) -> xr.Dataset:
 
 def _flows(ds: xr.Dataset, **_: Any) -> xr.Dataset:
     cells = {
-        name: ds["eigenvalues"].isel(**where, drop=True)
+        name: ds["eigenvalues"].isel(where, drop=True)
         for name, where in flow_cells(ds).items()
     }
     return xr.Dataset(cells | {"teacher_W2": ds["teacher_W2"]})
@@ -81,7 +81,7 @@ def _initial(ds: xr.Dataset, **_: Any) -> xr.Dataset:
     return out
 
 
-BUILDERS = {
+BUILDERS: dict[str, Callable[..., xr.Dataset]] = {
     "final": _final,
     "grad_initial": _grad_initial,
     "rate": _rate,
@@ -98,7 +98,9 @@ def compute(ds: xr.Dataset, needs: Iterable[str], convention: str) -> dict[str, 
     names = sorted(set(needs))
     lazy = {name: BUILDERS[name](ds, convention=convention) for name in names}
     logger.debug("computing %s for the figures", ", ".join(names))
-    out = dict(zip(names, analysis.compute(*lazy.values()), strict=True))
+    out: dict[str, Any] = dict(
+        zip(names, analysis.compute(*lazy.values()), strict=True)
+    )
     if "flows" in out:
         out["teacher_eigenvalues"] = _teacher_eigenvalues(out["flows"]["teacher_W2"])
     return out
