@@ -304,7 +304,14 @@ def test_runaway_and_unbatched_members_give_nan_not_errors() -> None:
     y = rng.normal(size=(50, 1))
     W2 = np.stack([rng.normal(size=(4, 8)), 1e140 * rng.normal(size=(4, 8))])
     K_S, V_S, D_S = rmt.dbm_level_spacing(W2, W3, phi1, y, activation="identity")
-    assert np.isfinite(K_S[0]) and np.isnan(K_S[1]) and np.isnan(V_S[1]) and np.isnan(D_S[1])
+    assert (
+        np.isfinite(K_S[0])
+        and np.isnan(K_S[1])
+        and np.isnan(V_S[1])
+        and np.isnan(D_S[1])
+    )
     # no leading member dim at all
     single = rmt.dbm_level_spacing(W2[0], W3, phi1, y, activation="identity")
-    np.testing.assert_allclose([single[0], single[1], single[2]], [K_S[0], V_S[0], D_S[0]], rtol=1e-12)
+    np.testing.assert_allclose(
+        [single[0], single[1], single[2]], [K_S[0], V_S[0], D_S[0]], rtol=1e-12
+    )
