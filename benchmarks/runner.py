@@ -6,8 +6,10 @@ default network (3-32-16-1, tanh, |B| = 4, |D| = 4000), trained with the
 ``iid`` schedule. Fewer models (``--models``) take evenly spaced members of
 that grid. Every available engine and the PyTorch peer
 (``shared/bench/peer_torch.py`` next to the checkout, run as a subprocess with
-the same models and steps) are timed in the same run, so their ratio does not
-depend on what else the machine was doing that day.
+the same number of models) are timed in the same run, each as the best of
+``--repeats`` runs: on a shared machine the peer's rate swings by up to 10×
+from run to run (its two threads meet at a barrier every step), the best of a
+few is the least disturbed.
 
 One model-step is one SGD step of one student: 4 |B| n1 n2 = 8192 flop at the
 default sizes (forward W2 φ1 and the gradient sum, multiply and add counted
@@ -17,10 +19,10 @@ at ~1.2e7 model-steps/s in float64; float32 is taken to allow twice as much.
 Printed lines, ``key=value`` separated by spaces::
 
     machine dgemm_gflops=<x> sgemm_gflops=<x> threads=<n>
-    engine=<name> dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=<r> \
-fraction_of_limit=<f> model_steps_per_cpu_s=<x> models=<M> steps=<S> seconds=<t>
     engine=peer_torch dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=1 …
     engine=peer_torch dtype=<dtype> skipped (<reason>)
+    engine=<name> dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=<r> \
+fraction_of_limit=<f> model_steps_per_cpu_s=<x> models=<M> steps=<S> seconds=<t>
     observables seconds_per_checkpoint=<x> engine=<name> models=<M> samples=<n>
 
 ``ratio_vs_peer`` is ``nan`` where the peer was skipped.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import re
 import subprocess
 import sys
@@ -115,24 +118,32 @@ def make_workload(models: int, dtype: str = "float64") -> Workload:
     return Workload(problem, W2, test)
 
 
-def time_engine(name: str, workload: Workload, steps: int) -> tuple[float, float]:
+def time_engine(
+    name: str, workload: Workload, steps: int, repeats: int = 1
+) -> tuple[float, float]:
     """Model-steps per wall-clock second and per CPU second of this process.
 
-    Timed after a warm-up, with the device synchronised. The CPU-time rate
-    does not drop when other processes share the cores; on an idle machine it
-    is the wall-clock rate divided by the threads kept busy.
+    Timed after a warm-up, with the device synchronised; the best of
+    ``repeats`` runs of ``steps`` steps each. The CPU-time rate does not drop
+    when other processes share the cores; on an idle machine it is the
+    wall-clock rate divided by the threads kept busy.
     """
     engine = get_engine(name)
     state = engine.start(workload.problem, workload.W2)
     engine.advance(state, 0, WARMUP_STEPS)
     engine.to_host(state.W2)
 
-    wall, cpu = time.perf_counter(), time.process_time()
-    engine.advance(state, WARMUP_STEPS, WARMUP_STEPS + steps)
-    engine.to_host(state.W2)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    best_wall = best_cpu = math.inf
+    t = WARMUP_STEPS
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        engine.advance(state, t, t + steps)
+        engine.to_host(state.W2)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        t += steps
     model_steps = workload.problem.n_members * steps
-    return model_steps / wall, model_steps / max(cpu, 1e-9)
+    return model_steps / best_wall, model_steps / max(best_cpu, 1e-9)
 
 
 def default_peer_path() -> Path:
@@ -140,20 +151,39 @@ def default_peer_path() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "bench" / "peer_torch.py"
 
 
-def run_peer(path: Path, models: int, steps: int, dtype: str) -> tuple[float, str]:
-    """Rate of the PyTorch peer run as a subprocess; (nan, reason) if it cannot run."""
+def run_peer(
+    path: Path,
+    models: int,
+    steps: int,
+    dtype: str,
+    repeats: int = 1,
+    threads: int | None = None,
+) -> tuple[float, str]:
+    """Best rate of ``repeats`` runs of the PyTorch peer as a subprocess.
+
+    ``threads`` sets OMP_NUM_THREADS for it (PyTorch's default: all cores).
+    Returns (nan, reason) where it cannot run.
+    """
     if not path.is_file():
         return math.nan, f"peer script not found: {path}"
     if importlib.util.find_spec("torch") is None:
         return math.nan, "torch is not installed; pip install torch==2.13.0"
     command = [sys.executable, str(path), "--models", str(models)]
     command += ["--steps", str(steps), "--dtype", dtype]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    found = re.search(r"model_steps_per_s=(\S+)", result.stdout)
-    if result.returncode != 0 or found is None:
-        lines = (result.stderr or result.stdout).strip().splitlines() or [""]
-        return math.nan, f"peer failed with exit code {result.returncode}: {lines[-1]}"
-    return float(found.group(1)), ""
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    best = math.nan
+    for _ in range(repeats):
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, env=env
+        )
+        found = re.search(r"model_steps_per_s=(\S+)", result.stdout)
+        if result.returncode != 0 or found is None:
+            lines = (result.stderr or result.stdout).strip().splitlines() or [""]
+            return math.nan, f"peer failed, exit code {result.returncode}: {lines[-1]}"
+        best = np.fmax(best, float(found.group(1)))
+    return float(best), ""
 
 
 def checkpoint_observables(engine: Any, state: Any, test: dict[str, np.ndarray]):
@@ -226,7 +256,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--engines", default="all", help="comma-separated names, or all available"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per engine; best is kept"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of the numba engine and of the peer (default: all cores)",
+    )
     parser.add_argument("--peer", type=Path, default=None, help="peer_torch.py path")
+    parser.add_argument(
+        "--peer-steps", type=int, default=500, help="steps of each peer run"
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip the peer")
     parser.add_argument(
         "--no-observables", action="store_true", help="skip the observables timing"
@@ -236,11 +278,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.tiny:
-        args.models, args.steps = 24, 50
+        args.models, args.steps, args.peer_steps, args.repeats = 24, 50, 50, 1
     if not 1 <= args.models <= T_GRID.size * SIGMA_W_GRID.size * SEEDS:
         parser.error(f"--models must be between 1 and 1440, got {args.models}")
-    if args.steps < 1:
-        parser.error(f"--steps must be positive, got {args.steps}")
+    for option in ("steps", "peer_steps", "repeats", "threads"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            flag = "--" + option.replace("_", "-")
+            parser.error(f"{flag} must be positive, got {getattr(args, option)}")
     return args
 
 
@@ -266,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = engine_names(args.engines)
     peer_path = args.peer or default_peer_path()
 
-    threads = _threads()
+    threads = _threads(args.threads)
     gflops = {d: matmul_gflops(d) for d in ("float64", "float32")}
     print(
         f"machine dgemm_gflops={gflops['float64']:.3g} "
@@ -279,15 +323,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer, reason = (
             (math.nan, "--no-peer")
             if args.no_peer
-            else run_peer(peer_path, M, args.steps, dtype)
+            else run_peer(
+                peer_path, M, args.peer_steps, dtype, args.repeats, args.threads
+            )
         )
         if math.isnan(peer):
             print(f"engine=peer_torch dtype={dtype} skipped ({reason})", flush=True)
         else:
-            print(engine_line("peer_torch", dtype, peer, peer, models=M), flush=True)
+            line = engine_line(
+                "peer_torch", dtype, peer, peer, models=M, steps=args.peer_steps
+            )
+            print(line, flush=True)
         for name in names:
             start = time.perf_counter()
-            rate, cpu_rate = time_engine(name, workload, args.steps)
+            rate, cpu_rate = time_engine(name, workload, args.steps, args.repeats)
             line = engine_line(
                 name,
                 dtype,
@@ -312,9 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _threads() -> int:
+def _threads(wanted: int | None) -> int:
+    """Set the numba engine's threads where asked; the number it will use."""
     try:
         import numba
     except ImportError:
         return 1
+    if wanted is not None:
+        numba.set_num_threads(min(wanted, numba.config.NUMBA_NUM_THREADS))
     return numba.get_num_threads()
