@@ -153,7 +153,7 @@ class NumbaEngine(Engine):
         grad_norm = np.empty(W2.shape[0], W2.dtype)
         units = work_units(arrays["member_stream"], numba.get_num_threads())
         with numba.parallel_chunksize(1):
-            _train_observables(
+            _train_observables(  # type: ignore[call-arg]  # Numba's stub: no args
                 W2,
                 arrays["phi1"],
                 arrays["y"],
