@@ -54,15 +54,30 @@ def loss_and_gradient(
 ) -> tuple[Any, Any]:
     """L and ∇_{W2} L over one data set, sharing the forward pass.
 
-    The same quantities as :func:`loss` of :func:`features` and :func:`gradient`,
-    with fewer passes over the (..., n, n2) intermediates.
+    The same quantities as :func:`loss` of :func:`features` and :func:`gradient`
+    for members sharing one data set, with fewer passes over the intermediates.
+
+    Parameters
+    ----------
+    phi1 : (n, n1), or (..., n, n1) with one data set per member
+    y : (n, n3) or (..., n, n3)
+    W2 : (..., n2, n1)
+    W3 : (n3, n2) or (..., n3, n2)
 
     Returns
     -------
     loss : dims (...)
     gradient : dims (..., n2, n1)
     """
-    z = phi1 @ xp.swapaxes(W2, -1, -2)
+    if phi1.ndim != 2:
+        # a data set per member: broadcast over the leading dims
+        phi2 = features(phi1, W2, activation, xp)
+        return loss(phi2, y, W3, xp), gradient(phi1, y, W2, W3, activation, xp)
+    lead, (n2, n1), n = W2.shape[:-2], W2.shape[-2:], phi1.shape[0]
+
+    # Units-major layout (..., n2, n): every product is one large GEMM with
+    # the shared features, whatever the number of members.
+    z = (W2.reshape(-1, n1) @ phi1.T).reshape(*lead, n2, n)
     if activation == "tanh":
         h = xp.tanh(z, out=z)
         slope = h * h
@@ -70,12 +85,13 @@ def loss_and_gradient(
     else:
         h = activate(activation, z, xp)
         slope = derivative(activation, z, h, xp)
-    residual = h @ xp.swapaxes(W3, -1, -2)
-    residual -= y
-    value = 0.5 * xp.mean(xp.sum(residual * residual, axis=-1), axis=-1)
-    delta = residual @ W3
+    residual = W3 @ h
+    residual -= y.T
+    value = 0.5 * xp.mean(xp.sum(residual * residual, axis=-2), axis=-1)
+    delta = W3.T @ residual
     delta *= slope
-    return value, xp.swapaxes(delta, -1, -2) @ phi1 / phi1.shape[-2]
+    summed = (delta.reshape(-1, n) @ phi1).reshape(*lead, n2, n1)
+    return value, summed / n
 
 
 def eigenvalues(W2: Any, xp: Any = np) -> Any:

@@ -7,6 +7,7 @@ sweep.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -215,11 +216,8 @@ def _problem(
     activation: str,
     dtype: str,
 ) -> tuple[SGDProblem, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """One stream per distinct (data index, seed) pair of the members."""
-    M = rates.size
-    data_index = (
-        np.arange(M) if arrays["per_member"] - {"W2_init"} else np.zeros(M, int)
-    )
+    """One stream per distinct (data set, seed) pair of the members."""
+    data_index = _distinct_data(arrays, rates.size)
     pairs = np.stack([data_index, seeds], axis=1)
     unique, member_stream = np.unique(pairs, axis=0, return_inverse=True)
     member_stream = member_stream.ravel()
@@ -251,6 +249,23 @@ def _problem(
         dtype=dtype,
     )
     return problem, x_test, (W1, W2t, W3)
+
+
+def _distinct_data(arrays: dict[str, Any], M: int) -> np.ndarray:
+    """Per member, the first member with the same teacher and inputs, dims (M,).
+
+    Members handed identical copies of a data set share one stream, so its
+    features are computed and held once (as in a sweep).
+    """
+    names = sorted(arrays["per_member"] - {"W2_init"})
+    if not names:
+        return np.zeros(M, dtype=np.int64)
+    digests = [
+        hashlib.blake2b(b"".join(arrays[n][m].tobytes() for n in names)).hexdigest()
+        for m in range(M)
+    ]
+    _, first, inverse = np.unique(digests, return_index=True, return_inverse=True)
+    return first[inverse.ravel()].astype(np.int64)
 
 
 def _checkpoints(

@@ -147,3 +147,24 @@ def test_bad_arguments(change, message) -> None:
     kwargs.update(change)
     with pytest.raises(ConfigError, match=message):
         pa.simulate(**kwargs)
+
+
+def test_copies_of_one_data_set_share_a_stream_and_give_the_same_result() -> None:
+    teacher, x, rng = _teacher()
+    W2_init = 0.3 * rng.normal(size=(3, 16, 32))
+    kwargs = dict(
+        W2_init=W2_init,
+        learning_rate=[0.05, 0.1, 0.2],
+        batch_size=4,
+        steps=60,
+        schedule="shuffle",
+        engine="numpy",
+    )
+    shared = pa.simulate(teacher=teacher, x_train=x, **kwargs)
+    copied = pa.simulate(
+        teacher=tuple(np.repeat(w[None], 3, axis=0) for w in teacher),
+        x_train=np.repeat(x[None], 3, axis=0),
+        **kwargs,
+    )
+    np.testing.assert_array_equal(shared.W2, copied.W2)
+    np.testing.assert_array_equal(shared.test_loss, copied.test_loss)
