@@ -108,7 +108,7 @@ class Block:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(s.stop - s.start for s in self.region.values())  # type: ignore[return-value]
+        return tuple(s.stop - s.start for s in self.region.values())
 
     @property
     def n_models(self) -> int:

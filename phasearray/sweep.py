@@ -362,7 +362,7 @@ def _members(
     T = np.asarray(grid.T)[block.slices[0]]
     sigma_W = np.asarray(grid.sigma_W)[block.slices[1]]
     seeds = pipeline.seeds[block.slices[2]]
-    return tuple(a.ravel() for a in np.meshgrid(T, sigma_W, seeds, indexing="ij"))  # type: ignore[return-value]
+    return tuple(a.ravel() for a in np.meshgrid(T, sigma_W, seeds, indexing="ij"))
 
 
 def _problem(
