@@ -46,8 +46,9 @@ from typing import Any
 import numpy as np
 
 from phasearray import observables as obs
+from phasearray.checkpoint import checkpoint_observables
 from phasearray.engines import SGDProblem, available_engines, get_engine
-from phasearray.ensemble import make_ensemble, stream_key, teacher_outputs
+from phasearray.ensemble import make_ensemble, sgd_problem, stream_key, teacher_outputs
 
 __all__ = ["Workload", "default_peer_path", "main", "make_workload"]
 
@@ -92,15 +93,10 @@ def make_workload(models: int, dtype: str = "float64") -> Workload:
     T, sigma_W, seed = T[chosen], sigma_W[chosen], seed[chosen]
 
     e = make_ensemble([stream_key(s) for s in range(SEEDS)], WIDTHS, N_TRAIN, N_TEST)
-    phi1 = np.tanh(e.x_train @ np.swapaxes(e.teacher_W1, 1, 2))
-    y = teacher_outputs(e.x_train, e.teacher_W1, e.teacher_W2, e.teacher_W3, "tanh")
-    problem = SGDProblem(
-        phi1=phi1,
-        y=y,
-        W3=e.teacher_W3,
-        keys=e.keys,
-        member_stream=seed,
-        learning_rate=T * BATCH_SIZE,
+    problem = sgd_problem(
+        e,
+        seed,
+        T * BATCH_SIZE,
         batch_size=BATCH_SIZE,
         schedule="iid",
         activation="tanh",
@@ -186,29 +182,13 @@ def run_peer(
     return float(best), ""
 
 
-def checkpoint_observables(engine: Any, state: Any, test: dict[str, np.ndarray]):
-    """Every observable recorded at a checkpoint (SPEC §3), for all members."""
-    problem = state.problem
-    stream = problem.member_stream
-    train_loss, grad_norm = engine.train_observables(state)
-    phi2 = obs.features(test["phi1"][stream], state.W2, problem.activation)
-    W3, y = problem.W3[stream], test["y"][stream]
-    return (
-        train_loss,
-        grad_norm,
-        obs.loss(phi2, y, W3),
-        obs.feature_overlap(phi2, test["phi2_initial"]),
-        obs.alignment(phi2, y, W3),
-        obs.eigenvalues(state.W2),
-    )
-
-
 def time_observables(name: str, workload: Workload, repeats: int = 3) -> float:
     """Seconds for one checkpoint's observables of every member (best of a few).
 
-    The training-set loss and gradient norm come from the engine's
-    ``train_observables`` (a fused kernel on ``numba``), the rest from
-    :mod:`phasearray.observables`, as in a sweep.
+    The same code as a sweep's checkpoint
+    (:func:`phasearray.checkpoint.checkpoint_observables`): the training-set
+    loss and gradient norm from the engine's ``train_observables`` (a fused
+    kernel on ``numba``), the rest from :mod:`phasearray.observables`.
     """
     engine = get_engine(name)
     state = engine.start(workload.problem, workload.W2)

@@ -48,8 +48,8 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from .errors import ChecksumError, ConfigError, StoreError, StoreMismatchError
-from .store import SCHEMA_VERSION, open_sweep
+from .errors import ChecksumError, ConfigError, StoreError
+from .store import check_schema, open_sweep
 
 __all__ = [
     "STAC_VERSION",
@@ -157,19 +157,8 @@ def _open_url(url: str) -> xr.Dataset:
         ds = xr.open_zarr(url, chunks={}, consolidated=True, zarr_format=3)
     except Exception as error:  # fsspec, aiohttp, zarr and xarray raise many kinds
         raise StoreError(f"cannot open store at {url}: {error}") from None
-    _check_schema(ds.attrs, url)
+    check_schema(ds.attrs, url)
     return ds
-
-
-def _check_schema(attrs: Mapping[str, Any], where: str) -> None:
-    version = attrs.get("schema_version")
-    if version is None or "pipeline" not in attrs:
-        raise StoreError(f"{where} is not a phasearray store (no schema_version)")
-    if version != SCHEMA_VERSION:
-        raise StoreMismatchError(
-            f"store {where} has schema version {version!r}; this phasearray reads "
-            f"version {SCHEMA_VERSION!r}"
-        )
 
 
 # --- entries -----------------------------------------------------------------------

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import activate
+from .engines.base import SGDProblem
 from .errors import ConfigError
 from .schedule import StreamKey, keyed_generator
 
-__all__ = ["Ensemble", "make_ensemble", "stream_key", "teacher_outputs"]
+__all__ = ["Ensemble", "make_ensemble", "sgd_problem", "stream_key", "teacher_outputs"]
 
 _TAGS = {
     "teacher_W1": 0x5701,
@@ -167,3 +168,46 @@ def teacher_outputs(
     phi1 = activate(activation, x @ np.swapaxes(W1, -1, -2), np)
     phi2 = activate(activation, phi1 @ np.swapaxes(W2, -1, -2), np)
     return phi2 @ np.swapaxes(W3, -1, -2)
+
+
+def sgd_problem(
+    ensemble: Ensemble,
+    member_stream: np.ndarray,
+    learning_rate: np.ndarray,
+    *,
+    batch_size: int,
+    schedule: str,
+    activation: str,
+    dtype: str = "float64",
+) -> SGDProblem:
+    """The engines' input for students trained on the streams of ``ensemble``.
+
+    Parameters
+    ----------
+    ensemble : Ensemble
+        S streams.
+    member_stream : (M,) int
+        Stream of each student.
+    learning_rate : (M,) float
+        ε of each student (T = ε / |B|).
+
+    Returns
+    -------
+    SGDProblem
+        With first-layer features φ1 = φ(W̄1 x) and targets y of every stream.
+    """
+    e = ensemble
+    return SGDProblem(
+        phi1=activate(activation, e.x_train @ np.swapaxes(e.teacher_W1, 1, 2), np),
+        y=teacher_outputs(
+            e.x_train, e.teacher_W1, e.teacher_W2, e.teacher_W3, activation
+        ),
+        W3=e.teacher_W3,
+        keys=e.keys,
+        member_stream=np.asarray(member_stream, dtype=np.int64).ravel(),
+        learning_rate=np.asarray(learning_rate, dtype=np.float64),
+        batch_size=batch_size,
+        schedule=schedule,
+        activation=activation,
+        dtype=dtype,
+    )

@@ -407,7 +407,7 @@ def open_sweep(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
         )
     except Exception as error:  # zipfile, zarr and xarray raise many kinds here
         raise StoreError(f"cannot open store {str(path)!r}: {error}") from None
-    _check_schema(ds.attrs, Path(path))
+    check_schema(ds.attrs, Path(path))
     ds = ds.drop_vars([v for v in _HIDDEN if v in ds.variables])
     # Small 1-D coordinates are read now, so labels never need a compute.
     return ds.assign_coords(
@@ -428,7 +428,8 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def _check_schema(attrs: Mapping[str, Any], path: Path) -> None:
+def check_schema(attrs: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse attributes that are not those of a store of this schema version."""
     version = attrs.get("schema_version")
     if version is None or "pipeline" not in attrs:
         raise StoreError(f"{str(path)!r} is not a phasearray store (no schema_version)")
@@ -447,7 +448,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         attrs = dict(zarr.open_group(location, mode="r", zarr_format=3).attrs)
     except Exception as error:
         raise StoreError(f"cannot open store {str(path)!r}: {error}") from None
-    _check_schema(attrs, path)
+    check_schema(attrs, path)
     return attrs
 
 

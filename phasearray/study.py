@@ -31,7 +31,13 @@ from .errors import ConfigError, StoreError, StoreMismatchError
 from .store import MODEL_DIMS, open_sweep
 from .sweep import SweepResult, run_sweep
 
-__all__ = ["claim_study_folder", "open_study", "run_study", "study_stores"]
+__all__ = [
+    "claim_study_folder",
+    "open_study",
+    "read_study",
+    "run_study",
+    "study_stores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +113,7 @@ def open_study(root: str | Path, *, all_variables: bool = False) -> xr.Dataset:
         Dims ``(dim, T, sigma_W, seed, t)``; coordinates that differ between
         variants (e.g. ``learning_rate`` on a batch-size axis) gain ``dim``.
     """
-    root = Path(root)
-    marker = root / STUDY_FILE
-    if not marker.is_file():
-        raise StoreError(f"{str(root)!r} is not a study folder (no {STUDY_FILE})")
-    pipeline = parse_pipeline(yaml.safe_load(marker.read_text()))
-    stores = study_stores(pipeline, root)
-    missing = [str(path) for _, _, path in stores if not path.exists()]
-    if missing:
-        raise StoreError(f"study {str(root)!r} is incomplete; missing {missing}")
-
+    pipeline, stores = read_study(root)
     parts = [open_sweep(path) for _, _, path in stores]
     if not all_variables:
         parts = [_per_model(ds) for ds in parts]
@@ -133,6 +130,26 @@ def open_study(root: str | Path, *, all_variables: bool = False) -> xr.Dataset:
     )
     joined.attrs["study"] = pipeline.to_yaml()
     return joined
+
+
+def read_study(root: str | Path) -> tuple[Pipeline, list[tuple[Any, Pipeline, Path]]]:
+    """The study pipeline of a folder and its variants' stores, all present.
+
+    Raises
+    ------
+    StoreError
+        No ``study.yaml`` there, or a variant's store is missing.
+    """
+    root = Path(root)
+    marker = root / STUDY_FILE
+    if not marker.is_file():
+        raise StoreError(f"{str(root)!r} is not a study folder (no {STUDY_FILE})")
+    pipeline = parse_pipeline(yaml.safe_load(marker.read_text()))
+    stores = study_stores(pipeline, root)
+    missing = [str(path) for _, _, path in stores if not path.exists()]
+    if missing:
+        raise StoreError(f"study {str(root)!r} is incomplete; missing {missing}")
+    return pipeline, stores
 
 
 def _per_model(ds: xr.Dataset) -> xr.Dataset:

@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from . import lyapunov
-from .activations import activate
 from .checkpoint import checkpoint_observables, held_out_arrays, mark_diverged
 from .config import Pipeline, parse_pipeline
 from .engines import Engine, SGDProblem, get_engine, resolve_engine_name
-from .ensemble import Ensemble, make_ensemble, stream_key, teacher_outputs
+from .ensemble import Ensemble, make_ensemble, sgd_problem, stream_key
 from .errors import PhasearrayWarning
 from .store import (
     Block,
@@ -346,7 +345,16 @@ def _block_setup(pipeline: Pipeline, block: Block) -> _BlockSetup:
     ensemble = make_ensemble(
         keys, pipeline.model.widths, data.n_train, data.n_test, data.source
     )
-    problem = _problem(pipeline, ensemble, member_stream, T_m)
+    train = pipeline.train
+    problem = sgd_problem(
+        ensemble,
+        member_stream,
+        T_m * train.batch_size,
+        batch_size=train.batch_size,
+        schedule=train.schedule,
+        activation=pipeline.model.activation,
+        dtype=train.dtype,
+    )
     scale = sigma_m / np.sqrt(pipeline.model.widths[1])
     W2_initial = scale[:, None, None] * ensemble.W2_normal[member_stream]
     return _BlockSetup(
@@ -363,28 +371,6 @@ def _members(
     sigma_W = np.asarray(grid.sigma_W)[block.slices[1]]
     seeds = pipeline.seeds[block.slices[2]]
     return tuple(a.ravel() for a in np.meshgrid(T, sigma_W, seeds, indexing="ij"))
-
-
-def _problem(
-    pipeline: Pipeline, ensemble: Ensemble, member_stream: np.ndarray, T_m: np.ndarray
-) -> SGDProblem:
-    """First-layer features and teacher targets of each stream, and the members."""
-    activation = pipeline.model.activation
-    e = ensemble
-    return SGDProblem(
-        phi1=activate(activation, e.x_train @ np.swapaxes(e.teacher_W1, 1, 2), np),
-        y=teacher_outputs(
-            e.x_train, e.teacher_W1, e.teacher_W2, e.teacher_W3, activation
-        ),
-        W3=e.teacher_W3,
-        keys=e.keys,
-        member_stream=np.asarray(member_stream, dtype=np.int64).ravel(),
-        learning_rate=T_m * pipeline.train.batch_size,
-        batch_size=pipeline.train.batch_size,
-        schedule=pipeline.train.schedule,
-        activation=activation,
-        dtype=pipeline.train.dtype,
-    )
 
 
 def _ensemble_arrays(pipeline: Pipeline) -> dict[str, np.ndarray]:

@@ -297,30 +297,23 @@ def sweep_problem(n_seeds: int, dtype: str, schedule: str, n_train: int = 4000):
     """The paper's 12 × 12 grid × n_seeds, common random numbers per seed."""
     import numpy as np
 
-    from phasearray.engines import SGDProblem
-    from phasearray.ensemble import make_ensemble, stream_key, teacher_outputs
+    from phasearray.ensemble import make_ensemble, sgd_problem, stream_key
 
     widths, batch_size = (3, 32, 16, 1), 4
     T = 2.0 ** np.arange(-5, 7)
     sigma_W = 2.0 ** np.arange(-3, 9)
     keys = [stream_key(s) for s in range(n_seeds)]
     ensemble = make_ensemble(keys, widths, n_train=n_train, n_test=128)
-    x, W1 = ensemble.x_train, ensemble.teacher_W1
-    phi1 = np.tanh(x @ np.swapaxes(W1, 1, 2))
-    y = teacher_outputs(x, W1, ensemble.teacher_W2, ensemble.teacher_W3, "tanh")
 
     cell_T, cell_sigma = (a.ravel() for a in np.meshgrid(T, sigma_W, indexing="ij"))
     member_stream = np.repeat(np.arange(n_seeds), cell_T.size)
     learning_rate = np.tile(cell_T, n_seeds) * batch_size
     scale = np.tile(cell_sigma, n_seeds) / np.sqrt(widths[1])
     W2 = scale[:, None, None] * ensemble.W2_normal[member_stream]
-    problem = SGDProblem(
-        phi1=phi1,
-        y=y,
-        W3=ensemble.teacher_W3,
-        keys=ensemble.keys,
-        member_stream=member_stream,
-        learning_rate=learning_rate,
+    problem = sgd_problem(
+        ensemble,
+        member_stream,
+        learning_rate,
         batch_size=batch_size,
         schedule=schedule,
         activation="tanh",

@@ -38,12 +38,10 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import xarray as xr
-import yaml
 
-from ..config import parse_pipeline
 from ..errors import ConfigError, PhasearrayWarning, StoreError
 from ..store import open_sweep
-from ..study import STUDY_FILE, study_stores
+from ..study import read_study
 from ._common import attr, axis, bare, checkpoint, compute, variable, whole
 from .phases import JAMMING_THEORY, LEVELS
 from .stats import ensemble_stats
@@ -405,15 +403,7 @@ def open_variants(root: str | Path) -> tuple[str, dict[Any, xr.Dataset]]:
     variants : dict
         label → Dataset, in the order of the pipeline's ``variants.values``.
     """
-    root = Path(root)
-    marker = root / STUDY_FILE
-    if not marker.is_file():
-        raise StoreError(f"{str(root)!r} is not a study folder (no {STUDY_FILE})")
-    pipeline = parse_pipeline(yaml.safe_load(marker.read_text()))
-    stores = study_stores(pipeline, root)
-    missing = [str(path) for _, _, path in stores if not path.exists()]
-    if missing:
-        raise StoreError(f"study {str(root)!r} is incomplete; missing {missing}")
+    pipeline, stores = read_study(root)
     dim = pipeline.variants.dim if pipeline.variants is not None else ""
     return dim, {label: open_sweep(path) for label, _, path in stores}
 
