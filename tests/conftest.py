@@ -37,3 +37,34 @@ def tiny_overrides(**extra: str) -> list[str]:
     }
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]
+
+
+MODEL_VARS = [
+    "W2",
+    "eigenvalues",
+    "train_loss",
+    "test_loss",
+    "grad_norm",
+    "feature_overlap",
+    "alignment",
+    "diverged",
+    "done",
+]
+
+
+def assert_same_values(a, b, names=MODEL_VARS) -> None:
+    """Every named variable of two datasets bit-identical (NaN where NaN)."""
+    for name in names:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def interrupt_after(calls: int):
+    """A progress callback that raises KeyboardInterrupt at its ``calls``-th call."""
+    seen = []
+
+    def progress(model_steps: int) -> None:
+        seen.append(model_steps)
+        if len(seen) == calls:
+            raise KeyboardInterrupt
+
+    return progress

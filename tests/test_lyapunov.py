@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_overrides
+from conftest import interrupt_after, tiny_overrides
 
 import phasearray as pa
 from phasearray.config import load_pipeline
@@ -78,13 +78,7 @@ def test_resume_with_twins_is_bit_identical(tmp_path: Path) -> None:
     )
     pipeline = load_pipeline("quick", overrides)
     pa.run_sweep(pipeline, tmp_path / "whole.zarr")
-    calls = []
-
-    def stop(steps: int) -> None:
-        calls.append(steps)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-
+    stop = interrupt_after(3)
     with pytest.raises(KeyboardInterrupt):
         pa.run_sweep(pipeline, tmp_path / "cut.zarr", progress=stop)
     pa.run_sweep(pipeline, tmp_path / "cut.zarr")

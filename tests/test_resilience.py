@@ -12,30 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_overrides
+from conftest import assert_same_values, interrupt_after, tiny_overrides
 from test_cli import sets, tree_digest
 
 import phasearray as pa
 from phasearray.cli import main
 from phasearray.config import load_pipeline
 
-MODEL_VARS = [
-    "W2",
-    "eigenvalues",
-    "train_loss",
-    "test_loss",
-    "grad_norm",
-    "feature_overlap",
-    "alignment",
-    "diverged",
-    "done",
-]
-
 
 def assert_same_store(a: Path, b: Path) -> None:
-    x, y = pa.open_sweep(a).load(), pa.open_sweep(b).load()
-    for name in MODEL_VARS:
-        np.testing.assert_array_equal(x[name], y[name], err_msg=name)
+    assert_same_values(pa.open_sweep(a).load(), pa.open_sweep(b).load())
 
 
 # --- SIGKILL and resume ---------------------------------------------------------------
@@ -281,13 +267,7 @@ def test_resume_with_another_block_size_keeps_the_stores_chunks(
 ) -> None:
     """Blocks come from the store's chunks, not from engine.block_models on resume."""
     store = tmp_path / "resized.zarr"
-    calls = []
-
-    def stop(steps: int) -> None:
-        calls.append(steps)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-
+    stop = interrupt_after(7)
     with pytest.raises(KeyboardInterrupt):
         pa.run_sweep(load_pipeline("quick", LONGER), store, progress=stop)
     resized = [*LONGER, "engine.block_models=1"]
@@ -298,13 +278,7 @@ def test_resume_with_another_block_size_keeps_the_stores_chunks(
 
 def test_missing_resume_slot_is_damage(tmp_path: Path, capsys) -> None:
     store = tmp_path / "r.zarr"
-    calls = []
-
-    def stop(steps: int) -> None:
-        calls.append(steps)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
+    stop = interrupt_after(2)
     with pytest.raises(KeyboardInterrupt):
         pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
     slots = sorted((store / "resume_W2" / "c").rglob("*"))
@@ -321,13 +295,7 @@ def test_resume_with_another_engine_warns(tmp_path: Path) -> None:
 
     store = tmp_path / "e.zarr"
     pipeline = load_pipeline("quick", tiny_overrides())
-    calls = []
-
-    def stop(steps: int) -> None:
-        calls.append(steps)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
+    stop = interrupt_after(2)
     with pytest.raises(KeyboardInterrupt):
         pa.run_sweep(pipeline, store, progress=stop)
     with pytest.warns(PhasearrayWarning, match="started with engine 'numpy'"):

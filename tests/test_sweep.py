@@ -9,23 +9,11 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from conftest import tiny_overrides
+from conftest import MODEL_VARS, assert_same_values, interrupt_after, tiny_overrides
 
 import phasearray as pa
 from phasearray.config import load_pipeline
 from phasearray.store import plan_blocks
-
-MODEL_VARS = [
-    "W2",
-    "eigenvalues",
-    "train_loss",
-    "test_loss",
-    "grad_norm",
-    "feature_overlap",
-    "alignment",
-    "diverged",
-    "done",
-]
 
 
 def run(tmp_path: Path, name: str, **extra: str) -> xr.Dataset:
@@ -126,8 +114,7 @@ def test_any_block_split_gives_identical_stores(tmp_path: Path) -> None:
         )
         == 8
     )
-    for name in MODEL_VARS:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert_same_values(a, b)
 
 
 def test_interrupted_run_resumes_bit_identically(tmp_path: Path) -> None:
@@ -135,23 +122,15 @@ def test_interrupted_run_resumes_bit_identically(tmp_path: Path) -> None:
     pipeline = load_pipeline("quick", tiny_overrides())
     path = tmp_path / "cut.zarr"
 
-    seen = []
-
-    def stop_after_five(steps: int) -> None:
-        seen.append(steps)
-        if len(seen) == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        pa.run_sweep(pipeline, path, progress=stop_after_five)
+        pa.run_sweep(pipeline, path, progress=interrupt_after(5))
     partial = pa.open_sweep(path)
     assert 0 < int(partial.done.sum()) < partial.done.size
 
     result = pa.run_sweep(pipeline, path)
     assert result.blocks_run < result.blocks_total
     resumed = pa.open_sweep(path).load()
-    for name in MODEL_VARS:
-        np.testing.assert_array_equal(resumed[name], whole[name], err_msg=name)
+    assert_same_values(resumed, whole)
 
     again = pa.run_sweep(pipeline, path)
     assert again.blocks_run == 0 and again.model_steps == 0
