@@ -35,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -44,7 +45,7 @@ SHARED_FILES = (
     "cases/phase_ml_tanh_T0.125_sigma0.5.npz",
     "bench/peer_torch.py",
 )
-SITE = Path("/tmp/phasearray-site")
+SITE = Path(tempfile.gettempdir()) / "phasearray-site"
 
 # Budget of the whole check and of its parts, in seconds.
 BUDGET = 480
@@ -452,7 +453,7 @@ def measure_peer(report: Report, environment: dict[str, str], n_models: int) -> 
 def run_pipeline(
     report: Report, environment: dict[str, str], engine: str, overrides
 ) -> None:
-    work = Path("/tmp/phasearray-device-check")
+    work = Path(tempfile.gettempdir()) / "phasearray-device-check"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     store, figures = work / "quick.zarr", work / "figures"
