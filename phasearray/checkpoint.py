@@ -26,7 +26,10 @@ def held_out_arrays(
     W2_initial: np.ndarray,
     problem: SGDProblem,
 ) -> dict[str, Any]:
-    """Test-set features, targets and features at t = 0, on the engine's device.
+    """Test-set inputs, features, targets and features at t = 0, on the device.
+
+    The features at t = 0 use the teacher's W̄1, which is also the initial W1
+    where W1 trains.
 
     Parameters
     ----------
@@ -44,6 +47,7 @@ def held_out_arrays(
         phi1_test[xp.asarray(problem.member_stream)], W2_0, activation, xp
     )
     return {
+        "x": xp.asarray(x_test, dtype=dtype),
         "phi1": phi1_test,
         "y": xp.asarray(y_test, dtype=dtype),
         "phi2_initial": phi2_initial,
@@ -51,10 +55,14 @@ def held_out_arrays(
 
 
 def mark_diverged(engine: Engine, state: Any) -> None:
-    """Set every member holding NaN or inf entirely to NaN."""
+    """Set every member holding NaN or inf in any trained layer entirely to NaN."""
     xp = engine.xp
+    layers = [state.W2, *state.trained.values()]
     finite = xp.all(xp.isfinite(state.W2), axis=(1, 2))
-    state.W2[~finite] = xp.nan
+    for layer in layers[1:]:
+        finite &= xp.all(xp.isfinite(layer), axis=(1, 2))
+    for layer in layers:
+        layer[~finite] = xp.nan
 
 
 def checkpoint_observables(
@@ -67,7 +75,8 @@ def checkpoint_observables(
     dict of str to numpy.ndarray
         ``W2`` (M, n2, n1), ``eigenvalues`` (M, n2) and the scalars (M,):
         ``train_loss``, ``test_loss``, ``grad_norm``, ``feature_overlap``,
-        ``alignment``, ``diverged``.
+        ``alignment``, ``diverged``; and ``W1`` (M, n1, n0), ``W3``
+        (M, n3, n2) where those layers train.
     """
     xp, problem = engine.xp, state.problem
     out: dict[str, np.ndarray] = {}
@@ -76,10 +85,11 @@ def checkpoint_observables(
     # The test set is small (|D_test| = 128): one pass over all members.
     member_stream = xp.asarray(problem.member_stream)
     with np.errstate(all="ignore"):
-        phi2 = obs.features(
-            test["phi1"][member_stream], state.W2, problem.activation, xp
+        phi1 = state.member_features(
+            test.get("x"), test["phi1"], problem.activation, xp
         )
-        W3 = state.arrays["W3"][member_stream]
+        phi2 = obs.features(phi1, state.W2, problem.activation, xp)
+        W3 = state.member_W3()
         y = test["y"][member_stream]
         out["test_loss"] = engine.to_host(obs.loss(phi2, y, W3, xp))
         out["feature_overlap"] = engine.to_host(
@@ -88,5 +98,7 @@ def checkpoint_observables(
         out["alignment"] = engine.to_host(obs.alignment(phi2, y, W3, xp))
         out["eigenvalues"] = engine.to_host(obs.eigenvalues(state.W2, xp))
     out["W2"] = engine.to_host(state.W2).copy()
+    for name, layer in state.trained.items():
+        out[name] = engine.to_host(layer).copy()
     out["diverged"] = ~np.isfinite(out["W2"]).all(axis=(1, 2))
     return out

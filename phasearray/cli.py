@@ -110,15 +110,21 @@ def _add_run(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import load_pipeline
+    from .config import load_pipeline, variant_pipelines
     from .engines import get_engine, resolve_engine_name
 
     pipeline = load_pipeline(args.pipeline, args.overrides)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: got {args.workers}; must be at least 1")
     # The engine is settled before anything is created or claimed on disk.
-    args.engine = resolve_engine_name(args.engine or pipeline.engine.name)
-    get_engine(args.engine)
+    engines = {
+        resolve_engine_name(args.engine or p.engine.name, p.model.trainable)
+        for _, p in variant_pipelines(pipeline)
+    }
+    for name in engines:
+        get_engine(name)
+    if len(engines) == 1:
+        args.engine = engines.pop()
     if pipeline.variants is not None:
         return _run_study(args, pipeline)
 

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 ACTIVATIONS = ("tanh", "relu", "identity")
 SCHEDULES = ("sequential", "shuffle", "iid")
 DTYPES = ("float64", "float32")
+# Engines that train W2 alone (model.trainable = [W2]).
+FUSED_ENGINES = ("numba", "cupy-fused")
 ENGINES = ("auto", "numpy", "numba", "cupy", "cupy-fused")
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -72,17 +74,42 @@ def _expand_axis(value: Any) -> Any:
     return value
 
 
+LAYERS = ("W1", "W2", "W3")
+
+
 class Model(_Section):
-    """Network shape: widths (n0, n1, n2, n3), activation, trainable layers."""
+    """Network shape: widths (n0, n1, n2, n3), activation, trainable layers.
+
+    ``trainable`` lists the weight matrices SGD updates; it must include W2
+    (whose spectrum is the subject). Trained W1 and W3 start from the
+    teacher's W̄1 and W̄3, the values they keep when frozen, so that the
+    initial network is the same whichever layers train and σ_W stays the only
+    disorder.
+    """
 
     widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (3, 32, 16, 1)
     activation: Literal["tanh", "relu", "identity"] = "tanh"
-    trainable: tuple[Literal["W2"], ...] = ("W2",)
+    trainable: tuple[Literal["W1", "W2", "W3"], ...] = ("W2",)
 
     @field_validator("widths", "trainable", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("trainable")
+    @classmethod
+    def _trains_W2(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "W2" not in value or len(set(value)) != len(value):
+            raise ValueError(
+                f"must list distinct layers of {list(LAYERS)} and include W2, "
+                "e.g. [W2] or [W1, W2, W3]"
+            )
+        return tuple(layer for layer in LAYERS if layer in value)
+
+    @property
+    def trains_outer(self) -> bool:
+        """Whether W1 or W3 train besides W2."""
+        return self.trainable != ("W2",)
 
     @field_validator("widths", mode="before")
     @classmethod
@@ -493,6 +520,18 @@ def _check_consistency(pipeline: Pipeline) -> None:
         _check_digits(pipeline)
     if record.lyapunov:
         _check_perturbation(record.lyapunov_perturbation, train.dtype)
+        if pipeline.model.trains_outer:
+            raise ConfigError(
+                f"field 'record.lyapunov': true needs model.trainable = [W2], got "
+                f"{list(pipeline.model.trainable)}; the twin perturbs W2 only. "
+                "Set record.lyapunov: false or train W2 alone"
+            )
+    if pipeline.model.trains_outer and pipeline.engine.name in FUSED_ENGINES:
+        raise ConfigError(
+            f"field 'engine.name': got {pipeline.engine.name!r}; with model.trainable "
+            f"= {list(pipeline.model.trainable)} choose auto, numpy or cupy (the "
+            "fused engines train W2 alone)"
+        )
     if pipeline.variants is not None:
         variant_pipelines(pipeline)  # each variant must be valid on its own
     if train.batch_size > data.n_train:

@@ -179,6 +179,7 @@ def sgd_problem(
     schedule: str,
     activation: str,
     dtype: str = "float64",
+    trainable: tuple[str, ...] = ("W2",),
 ) -> SGDProblem:
     """The engines' input for students trained on the streams of ``ensemble``.
 
@@ -190,6 +191,8 @@ def sgd_problem(
         Stream of each student.
     learning_rate : (M,) float
         ε of each student (T = ε / |B|).
+    trainable : tuple of {"W1", "W2", "W3"}
+        Layers SGD updates; trained W1 and W3 start from the teacher's.
 
     Returns
     -------
@@ -210,4 +213,7 @@ def sgd_problem(
         schedule=schedule,
         activation=activation,
         dtype=dtype,
+        trainable=tuple(trainable),
+        x=e.x_train,
+        W1=e.teacher_W1,
     )

@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 MODEL_DIMS = ("T", "sigma_W", "seed")
-_HIDDEN = ("resume_W2", "resume_twin")
+_HIDDEN = ("resume_W1", "resume_W2", "resume_W3", "resume_twin")
+# Weight matrices, kept only at the checkpoints that ``record.W2`` names.
+WEIGHTS = ("W1", "W2", "W3")
 
 # name: (extra dims after (T, sigma_W, seed, t), long_name, units)
 CHECKPOINT_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
@@ -69,14 +71,33 @@ _LYAPUNOV_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
 }
 
 
+# Recorded only where ``model.trainable`` lists them.
+_TRAINED_VARS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "W1": (("unit1", "unit0"), "student weights W1 (trained)", "1"),
+    "W3": (("unit3", "unit2"), "student read-out W3 (trained)", "1"),
+}
+
+
 def _checkpoint_vars(pipeline: Pipeline) -> dict[str, tuple[tuple[str, ...], str, str]]:
+    out = dict(CHECKPOINT_VARS)
+    for name in pipeline.model.trainable:
+        out |= {name: _TRAINED_VARS[name]} if name in _TRAINED_VARS else {}
     if pipeline.record.lyapunov:
-        return {**CHECKPOINT_VARS, **_LYAPUNOV_VARS}
-    return dict(CHECKPOINT_VARS)
+        out |= _LYAPUNOV_VARS
+    return out
 
 
 def _resume_vars(pipeline: Pipeline) -> tuple[str, ...]:
-    return ("resume_W2", "resume_twin") if pipeline.record.lyapunov else ("resume_W2",)
+    names = tuple(f"resume_{name}" for name in pipeline.model.trainable)
+    return (*names, "resume_twin") if pipeline.record.lyapunov else names
+
+
+def _resume_dims(name: str) -> tuple[str, str]:
+    """The matrix dims of a resume slot."""
+    return {
+        "resume_W1": ("unit1", "unit0"),
+        "resume_W3": ("unit3", "unit2"),
+    }.get(name, ("unit2", "unit1"))
 
 
 _ENSEMBLE_VARS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -252,10 +273,10 @@ def _template(
             data, dims=dims, attrs={"long_name": long_name, "units": units}
         )
 
-    resume_dims = ("slot", *MODEL_DIMS, "unit2", "unit1")
-    resume_shape = (2, *(sizes[d] for d in resume_dims[1:]))
-    resume_chunks = (1, *(chunk.get(d, sizes[d]) for d in resume_dims[1:]))
     for name in _resume_vars(pipeline):
+        resume_dims = ("slot", *MODEL_DIMS, *_resume_dims(name))
+        resume_shape = (2, *(sizes[d] for d in resume_dims[1:]))
+        resume_chunks = (1, *(chunk.get(d, sizes[d]) for d in resume_dims[1:]))
         variables[name] = xr.DataArray(
             da.full(resume_shape, np.nan, dtype=dtype, chunks=resume_chunks),
             dims=resume_dims,
@@ -525,7 +546,7 @@ class BlockWriter:
     def read(self, name: str, k: int) -> np.ndarray:
         """The block's values of ``name`` at checkpoint ``k``, dims (T, sigma_W, seed, …).
 
-        ``resume_W2`` and ``resume_twin`` are read from their slot ``k % 2``.
+        ``resume_*`` (W1, W2, W3, twin) are read from their slot ``k % 2``.
         """
         if name.startswith("resume_"):
             return np.asarray(self._array(name)[(k % 2, *self.block.slices)])
@@ -534,15 +555,21 @@ class BlockWriter:
     def write_checkpoint(
         self, k: int, values: Mapping[str, np.ndarray], keep_W2: bool
     ) -> None:
-        """Write one checkpoint's data, the resume slot, then mark it done."""
+        """Write one checkpoint's data, the resume slots, then mark it done.
+
+        ``keep_W2`` says whether the weight matrices (W2, and W1 and W3 where
+        they train) are kept at this checkpoint; the resume slots always are.
+        """
         region = (*self.block.slices, slice(k, k + 1))
         slot = (k % 2, *self.block.slices)
         with zarr.config.set({"array.write_empty_chunks": True}):
             for name, array in values.items():
-                if name == "twin_W2" or (name == "W2" and not keep_W2):
+                if name == "twin_W2" or (name in WEIGHTS and not keep_W2):
                     continue
                 self._array(name)[region] = array[:, :, :, None]
-            self._array("resume_W2")[slot] = values["W2"]
+            for name in WEIGHTS:
+                if name in values:
+                    self._array(f"resume_{name}")[slot] = values[name]
             if "twin_W2" in values:
                 self._array("resume_twin")[slot] = values["twin_W2"]
             done = np.ones((*self.block.shape, 1), dtype=bool)
@@ -595,7 +622,7 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
         n_done = int(np.cumprod(per_t).sum())
         for k in np.flatnonzero(per_t):
             for name in _checkpoint_vars(pipeline):
-                if name == "W2" and not keep_W2[k]:
+                if name in WEIGHTS and not keep_W2[k]:
                     continue
                 _require(
                     path,

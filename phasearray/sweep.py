@@ -86,7 +86,9 @@ def run_sweep(
     """
     start = time.perf_counter()
     path = Path(path)
-    engine_name = resolve_engine_name(engine or pipeline.engine.name)
+    engine_name = resolve_engine_name(
+        engine or pipeline.engine.name, pipeline.model.trainable
+    )
     get_engine(engine_name)  # fail here, before a store is made, if unavailable
     _open_or_create(path, pipeline, engine_name)
 
@@ -237,7 +239,12 @@ def run_block(
             pipeline, block, engine, writer, setup, test, n_done, progress
         )
 
-    state = engine.start(setup.problem, W2_start)
+    trained: dict[str, np.ndarray] = {
+        name: _flat(writer.read(f"resume_{name}", n_done - 1))
+        for name in pipeline.model.trainable
+        if name != "W2" and n_done > 0
+    }
+    state = engine.start(setup.problem, W2_start, trained)
     model_steps = 0
     for k, t_previous, t_k in _segments(checkpoints, n_done):
         engine.advance(state, t_previous, t_k)
@@ -354,6 +361,7 @@ def _block_setup(pipeline: Pipeline, block: Block) -> _BlockSetup:
         schedule=train.schedule,
         activation=pipeline.model.activation,
         dtype=train.dtype,
+        trainable=pipeline.model.trainable,
     )
     scale = sigma_m / np.sqrt(pipeline.model.widths[1])
     W2_initial = scale[:, None, None] * ensemble.W2_normal[member_stream]

@@ -263,8 +263,15 @@ def test_batch_size_study_end_to_end(tmp_path: Path) -> None:
     assert all(p.read_bytes()[:4] == PNG for p in paths)
 
 
-def test_width_study_boundaries_and_figures(tmp_path: Path) -> None:
-    overrides = tiny_overrides(**{"train.steps": "20", "record.checkpoints": "[0, 20]"})
+@pytest.mark.parametrize("trainable", ["[W2]", "[W1, W2, W3]"])
+def test_width_study_boundaries_and_figures(tmp_path: Path, trainable: str) -> None:
+    overrides = tiny_overrides(
+        **{
+            "train.steps": "20",
+            "record.checkpoints": "[0, 20]",
+            "model.trainable": trainable,
+        }
+    )
     widths = (
         "variants={dim: width, field: model.widths, "
         "values: [[3, 32, 16, 1], [3, 64, 32, 1]], labels: [1, 2]}"
@@ -407,6 +414,7 @@ def test_one_particle_starts_at_the_measured_spacing_with_accessor_coefficients(
         ("scaling", "batch_size"),
         ("activations", "activation"),
         ("widths", "width"),
+        ("widths_all", "width"),
         ("digits", None),
     ],
 )
@@ -432,11 +440,13 @@ def test_scaling_pipeline_has_a_checkpoint_at_every_matched_epoch() -> None:
         assert samples // p.train.batch_size in p.checkpoints
 
 
-def test_digits_pipeline_and_the_trainable_gap() -> None:
+def test_digits_chaos_and_every_layer_pipelines() -> None:
     pipeline = load_pipeline("digits")
     assert pipeline.data.source == "digits" and pipeline.model.widths[0] == 64
     assert pipeline.data.n_train <= 1669 and pipeline.data.n_test == 128
     assert load_pipeline("chaos").record.lyapunov
-    # training every layer is a known gap: the schema accepts W2 only
-    with pytest.raises(ConfigError, match="trainable"):
-        load_pipeline("quick", ["model.trainable=[W1, W2, W3]"])
+    study = load_pipeline("widths_all")
+    assert study.model.trainable == ("W1", "W2", "W3")
+    # the order given does not matter
+    ordered = load_pipeline("quick", ["model.trainable=[W3, W2]"])
+    assert ordered.model.trainable == ("W2", "W3")

@@ -91,7 +91,12 @@ BAD = {
         "not checkpoints",
     ),
     "bad-override": (["train.steps"], "must look like dotted.path=value"),
-    "trainable": (["model.trainable=[W1]"], "field 'model.trainable.0': got 'W1'"),
+    "trainable": (
+        ["model.trainable=[W1]"],
+        "field 'model.trainable': got ['W1']; must list distinct layers of "
+        "['W1', 'W2', 'W3'] and include W2",
+    ),
+    "trainable-layer": (["model.trainable=[W2, W4]"], "'W1', 'W2' or 'W3'"),
     "lyapunov-float32": (
         ["record.lyapunov=true", "train.dtype=float32"],
         "with train.dtype float32 it must be at least 1.2e-05",

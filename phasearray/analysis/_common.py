@@ -62,6 +62,16 @@ def checkpoint(ds: xr.Dataset, data: xr.DataArray, t: int) -> xr.DataArray:
     return data.isel(t=int(t))
 
 
+def read_out(ds: xr.Dataset, t: int) -> xr.DataArray:
+    """The student's W3 at checkpoint position ``t``, dims (…, unit3, unit2).
+
+    The teacher's W̄3 while W3 is frozen; the stored ``W3`` where it trains.
+    """
+    if "W3" in ds.data_vars:
+        return whole(checkpoint(ds, variable(ds, "W3"), t), "unit3", "unit2")
+    return whole(variable(ds, "teacher_W3"), "unit3", "unit2")
+
+
 def whole(data: xr.DataArray, *dims: str) -> xr.DataArray:
     """Make ``dims`` one chunk each, as core dims of apply_ufunc must be."""
     if data.chunks is None:
@@ -69,14 +79,20 @@ def whole(data: xr.DataArray, *dims: str) -> xr.DataArray:
     return data.chunk({d: -1 for d in dims})
 
 
-def first_layer(ds: xr.Dataset, split: str) -> tuple[xr.DataArray, xr.DataArray]:
-    """Features φ1 = φ(x W̄1ᵀ) and targets y of the training or test set.
+def first_layer(
+    ds: xr.Dataset, split: str, t: int | None = None
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Features φ1 = φ(x W1ᵀ) and targets y of the training or test set.
+
+    W1 is the teacher's W̄1, which the student shares while W1 is frozen;
+    where W1 trains (the store holds ``W1``), the student's W1 at checkpoint
+    position ``t`` when one is given.
 
     Returns
     -------
     phi1 : DataArray, dims (seed, sample, unit1)
-        (T, sigma_W, seed, … with fresh teachers); the sample dim is renamed
-        to ``sample`` for both splits.
+        (T, sigma_W, seed, … with fresh teachers or a trained W1); the sample
+        dim is renamed to ``sample`` for both splits.
     y : DataArray, dims (seed, sample, unit3)
     """
     if split not in SPLITS:
@@ -87,11 +103,14 @@ def first_layer(ds: xr.Dataset, split: str) -> tuple[xr.DataArray, xr.DataArray]
     W2 = whole(variable(ds, "teacher_W2"), "unit2", "unit1")
     W3 = whole(variable(ds, "teacher_W3"), "unit3", "unit2")
     activation = attr(ds, "activation")
+    W1_student = W1
+    if t is not None and "W1" in ds.data_vars:
+        W1_student = whole(checkpoint(ds, variable(ds, "W1"), t), "unit1", "unit0")
 
     phi1 = xr.apply_ufunc(
         _features_kernel,
         x,
-        W1,
+        W1_student,
         input_core_dims=[["sample", "unit0"], ["unit1", "unit0"]],
         output_core_dims=[["sample", "unit1"]],
         kwargs={"activation": activation},

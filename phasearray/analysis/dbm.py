@@ -13,6 +13,7 @@ from ._common import (
     dress,
     first_layer,
     ratio,
+    read_out,
     variable,
     whole,
     widths,
@@ -30,7 +31,10 @@ def dbm(ds: xr.Dataset, t: int = -1, convention: str = "paper") -> xr.Dataset:
 
     Recomputed from the stored ``W2`` at checkpoint ``t``, the frozen
     ``teacher_W3`` read-out and the data set, with φ1 = φ(x W̄1ᵀ) and
-    y = teacher(x) (see :func:`phasearray.rmt.dbm_coefficients`).
+    y = teacher(x) (see :func:`phasearray.rmt.dbm_coefficients`). Where W1
+    and W3 train too, their stored values at ``t`` take the teacher's place:
+    K̃ and Ṽ are then those of W2's motion with the other layers held at
+    their values at ``t``.
 
     Parameters
     ----------
@@ -63,8 +67,8 @@ def dbm(ds: xr.Dataset, t: int = -1, convention: str = "paper") -> xr.Dataset:
     rmt._check_convention(convention)
     _, n1, n2, _ = widths(ds)
     W2 = whole(checkpoint(ds, variable(ds, "W2"), t), "unit2", "unit1")
-    W3 = whole(variable(ds, "teacher_W3"), "unit3", "unit2")
-    phi1, y = first_layer(ds, _SPLIT[convention])
+    W3 = read_out(ds, t)
+    phi1, y = first_layer(ds, _SPLIT[convention], t)
 
     K_tilde, V_tilde, values = xr.apply_ufunc(
         rmt.dbm_coefficients,

@@ -10,7 +10,8 @@ cupy-fused  fused CUDA kernel, one model per warp           CuPy and a GPU
 ========== ============================================== ==================
 
 ``auto`` picks ``cupy-fused`` where CuPy sees a GPU, else ``numba`` where it
-imports, else ``numpy``. Optional packages are imported only when asked for.
+imports, else ``numpy``; where layers besides W2 train (``model.trainable``),
+``cupy`` where CuPy sees a GPU, else ``numpy``. Optional packages are imported only when asked for.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import importlib
 import logging
 
+from ..config import FUSED_ENGINES
 from ..errors import ConfigError, EngineUnavailableError
 from .base import Engine, SGDProblem, SGDState
 
@@ -40,6 +42,7 @@ _ENGINES = {
     "cupy-fused": ("phasearray.engines.gpu", "CupyFusedEngine"),
 }
 _AUTO_ORDER = ("cupy-fused", "numba", "numpy")
+_AUTO_ORDER_OUTER = ("cupy", "numpy")
 
 
 def get_engine(name: str = "auto") -> Engine:
@@ -66,17 +69,29 @@ def get_engine(name: str = "auto") -> Engine:
     return engine
 
 
-def resolve_engine_name(name: str) -> str:
-    """Map ``auto`` to a concrete engine name; check other names exist."""
+def resolve_engine_name(name: str, trainable: tuple[str, ...] = ("W2",)) -> str:
+    """Map ``auto`` to a concrete engine name; check other names exist.
+
+    With layers besides W2 in ``trainable`` only the batched engines apply
+    (``cupy`` where CuPy sees a GPU, else ``numpy``); asking for a fused one
+    is a :class:`ConfigError`.
+    """
+    trains_outer = tuple(trainable) != ("W2",)
     if name != "auto":
         if name not in _ENGINES:
             raise ConfigError(
                 f"engine {name!r} is not known; choose auto or one of "
                 f"{', '.join(_ENGINES)}"
             )
+        if trains_outer and name in FUSED_ENGINES:
+            raise ConfigError(
+                f"engine {name!r} trains W2 alone; with model.trainable = "
+                f"{list(trainable)} choose auto, numpy or cupy"
+            )
         return name
     available = available_engines()
-    for candidate in _AUTO_ORDER:
+    order = _AUTO_ORDER_OUTER if trains_outer else _AUTO_ORDER
+    for candidate in order:
         if candidate in available:
             logger.debug("engine auto: choosing %s", candidate)
             return candidate

@@ -5,9 +5,11 @@ plain SGD (SPEC §2):
 
     W2 ← W2 − (ε / |B|) Σ_{α ∈ B_t} ∇_{W2} ℓ_α,   ℓ_α = ½ Σ_i (y_iα − ŷ_iα)²
 
-with ŷ = W3 φ(W2 φ1(x)). The first layer is frozen, so its features
-φ1 = φ(W1 x) of the training set are computed once per stream and handed in.
-Engines know nothing about xarray, Zarr or observables.
+with ŷ = W3 φ(W2 φ1(x)). By default the first layer is frozen, so its
+features φ1 = φ(W1 x) of the training set are computed once per stream and
+handed in. Where W1 or W3 train too (``SGDProblem.trainable``), every member
+carries its own copy of them in ``SGDState.trained``; only the batched engines
+run that case. Engines know nothing about xarray, Zarr or observables.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class SGDProblem:
     schedule : {"sequential", "shuffle", "iid"}
     activation : {"tanh", "relu", "identity"}
     dtype : {"float64", "float32"}
+    trainable : tuple of {"W1", "W2", "W3"}
+        The layers SGD updates; W1 and W3 start from each stream's ``W1`` and
+        ``W3``.
+    x : (S, n_train, n0) float64, optional
+        Inputs of each stream's training set; needed where W1 trains.
+    W1 : (S, n1, n0) float64, optional
+        First layer of each stream; needed where W1 trains.
     """
 
     phi1: np.ndarray
@@ -62,6 +71,14 @@ class SGDProblem:
     schedule: str
     activation: str
     dtype: str = "float64"
+    trainable: tuple[str, ...] = ("W2",)
+    x: np.ndarray | None = None
+    W1: np.ndarray | None = None
+
+    @property
+    def trains_outer(self) -> bool:
+        """Whether W1 or W3 train besides W2."""
+        return self.trainable != ("W2",)
 
     @property
     def n_members(self) -> int:
@@ -80,11 +97,37 @@ class SGDProblem:
 
 @dataclass
 class SGDState:
-    """Arrays of one block on the engine's device; W2 changes in place."""
+    """Arrays of one block on the engine's device; W2 changes in place.
+
+    ``trained`` holds each member's own W1 (M, n1, n0) and W3 (M, n3, n2)
+    where those layers train; it is empty otherwise.
+    """
 
     problem: SGDProblem
     W2: Any
     arrays: dict[str, Any] = field(default_factory=dict)
+    trained: dict[str, Any] = field(default_factory=dict)
+
+    def member_W3(self) -> Any:
+        """The read-out of every member, dims (M, n3, n2)."""
+        if "W3" in self.trained:
+            return self.trained["W3"]
+        return self.arrays["W3"][self.arrays["member_stream"]]
+
+    def member_features(self, x: Any, phi1: Any, activation: str, xp: Any) -> Any:
+        """First-layer features of every member on a data set, (M, n, n1).
+
+        ``x`` (S, n, n0) are the stream's inputs and ``phi1`` (S, n, n1) their
+        features under the frozen W1; the latter serve unless W1 trains.
+        """
+        from ..activations import activate
+
+        member_stream = self.arrays["member_stream"]
+        if "W1" not in self.trained:
+            return phi1[member_stream]
+        return activate(
+            activation, x[member_stream] @ xp.swapaxes(self.trained["W1"], 1, 2), xp
+        )
 
 
 class Engine(ABC):
@@ -97,8 +140,18 @@ class Engine(ABC):
         """Array namespace of the engine's device arrays (numpy or cupy)."""
         return np
 
-    def start(self, problem: SGDProblem, W2: np.ndarray) -> SGDState:
-        """Move a block's data and initial W2 (M, n2, n1) to the device."""
+    def start(
+        self,
+        problem: SGDProblem,
+        W2: np.ndarray,
+        trained: dict[str, np.ndarray] | None = None,
+    ) -> SGDState:
+        """Move a block's data and initial W2 (M, n2, n1) to the device.
+
+        ``trained`` gives the members' W1 (M, n1, n0) and W3 (M, n3, n2) where
+        those layers train (on a resume); by default they start as the
+        stream's W1 and W3.
+        """
         xp, dtype = self.xp, problem.dtype
         arrays = {
             "phi1": xp.asarray(problem.phi1, dtype=dtype),
@@ -110,7 +163,10 @@ class Engine(ABC):
             ),
         }
         W2_device = xp.array(W2, dtype=dtype, copy=True)
-        return SGDState(problem=problem, W2=W2_device, arrays=arrays)
+        state = SGDState(problem=problem, W2=W2_device, arrays=arrays)
+        if problem.trains_outer:
+            _start_outer_layers(state, trained or {}, xp)
+        return state
 
     def advance(self, state: SGDState, t0: int, t1: int) -> None:
         """Run SGD steps t0 ≤ t < t1 on every member, in place."""
@@ -136,6 +192,8 @@ class Engine(ABC):
         """
         from ..observables import loss_and_gradient
 
+        if state.problem.trains_outer:
+            return _member_train_observables(self, state)
         xp, problem, arrays = self.xp, state.problem, state.arrays
         M = problem.n_members
         train_loss = np.empty(M, dtype=problem.dtype)
@@ -156,6 +214,76 @@ class Engine(ABC):
                 )
         return train_loss, grad_norm
 
+
+def _start_outer_layers(
+    state: SGDState, trained: dict[str, np.ndarray], xp: Any
+) -> None:
+    """Each member's own copy of the trained outer layers, and the inputs."""
+    problem, dtype = state.problem, state.problem.dtype
+    if problem.x is None or problem.W1 is None:
+        raise ValueError("SGDProblem: x and W1 are needed where W1 or W3 train")
+    stream_values = {"W1": problem.W1, "W3": problem.W3}
+    for name in problem.trainable:
+        if name == "W2":
+            continue
+        initial = trained.get(name, stream_values[name][problem.member_stream])
+        state.trained[name] = xp.array(initial, dtype=dtype, copy=True)
+    state.arrays["x"] = xp.asarray(problem.x, dtype=dtype)
+
+
+def _member_train_observables(
+    engine: Engine, state: SGDState
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training loss and |∇_{W2} L| where members have their own W1 or W3."""
+    from ..observables import loss_and_gradient
+
+    xp, problem, arrays = engine.xp, state.problem, state.arrays
+    train_loss = np.empty(problem.n_members, dtype=problem.dtype)
+    grad_norm = np.empty(problem.n_members, dtype=problem.dtype)
+    W3 = state.member_W3()
+    with np.errstate(all="ignore"):
+        for start in range(0, problem.n_members, OUTER_OBSERVABLE_BATCH):
+            part = slice(start, start + OUTER_OBSERVABLE_BATCH)
+            streams = arrays["member_stream"][part]
+            if "W1" in state.trained:
+                phi1 = activate_features(
+                    arrays["x"][streams], state.trained["W1"][part], problem, xp
+                )
+            else:
+                phi1 = arrays["phi1"][streams]
+            value, grad = loss_and_gradient(
+                phi1,
+                arrays["y"][streams],
+                state.W2[part],
+                W3[part],
+                problem.activation,
+                xp,
+            )
+            train_loss[part] = engine.to_host(value)
+            grad_norm[part] = engine.to_host(xp.sqrt(xp.sum(grad * grad, axis=(1, 2))))
+    return train_loss, grad_norm
+
+
+def activate_features(x: Any, W1: Any, problem: SGDProblem, xp: Any) -> Any:
+    """φ1 = φ(W1 x) per member: x (m, n, n0), W1 (m, n1, n0) -> (m, n, n1)."""
+    from ..activations import activate
+
+    return activate(problem.activation, x @ xp.swapaxes(W1, 1, 2), xp)
+
+
+def require_W2_only(problem: SGDProblem, engine: str) -> None:
+    """Fused engines train W2 alone; say which engines train more."""
+    if problem.trains_outer:
+        raise NotImplementedError(
+            f"engine {engine!r} trains W2 alone, but model.trainable = "
+            f"{list(problem.trainable)}; use engine 'numpy' or 'cupy'"
+        )
+
+
+# Members whose training-set observables are computed together where each has
+# its own W1 or W3; bounds the (members, samples, n1) features to ~35 MB at
+# |D| = 4000, n1 = 32 in float64.
+OUTER_OBSERVABLE_BATCH = 32
 
 # Members of one stream whose training-set observables are computed together;
 # bounds the (members, samples, n2) intermediates to ~50 MB at |D| = 4000.

@@ -52,7 +52,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
-from .base import Engine, SGDProblem, SGDState
+from .base import Engine, SGDProblem, SGDState, require_W2_only
 
 __all__ = [
     "TILE_STEPS",
@@ -101,8 +101,14 @@ class NumbaEngine(Engine):
             return False
         return True
 
-    def start(self, problem: SGDProblem, W2: np.ndarray) -> SGDState:
+    def start(
+        self,
+        problem: SGDProblem,
+        W2: np.ndarray,
+        trained: dict[str, np.ndarray] | None = None,
+    ) -> SGDState:
         """Host copies of the block's arrays, C-contiguous, in ``problem.dtype``."""
+        require_W2_only(problem, self.name)
         state = super().start(problem, W2)
         state.arrays = {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
         state.W2 = np.ascontiguousarray(state.W2)

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import EngineUnavailableError
-from .base import Engine, SGDProblem, SGDState
+from .base import Engine, SGDProblem, SGDState, require_W2_only
 from .batched import NumpyEngine
 
 __all__ = [
@@ -274,8 +274,14 @@ class FusedKernelEngine(Engine):
             )
         self.warps_per_block = warps_per_block
 
-    def start(self, problem: SGDProblem, W2: np.ndarray) -> SGDState:
+    def start(
+        self,
+        problem: SGDProblem,
+        W2: np.ndarray,
+        trained: dict[str, np.ndarray] | None = None,
+    ) -> SGDState:
         """Move a block to the device and plan its thread blocks."""
+        require_W2_only(problem, self.name)
         config = kernel_config(problem, self.warps_per_block)
         state = super().start(problem, W2)
         xp, arrays = self.xp, state.arrays

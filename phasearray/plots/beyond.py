@@ -497,6 +497,9 @@ def finite_size_figure(
     _boundary_panel(axes[0], found, dim)
     _boundary_vs_width(axes[1], found, dim, n2)
     _loss_vs_T(axes[2], maps["loss"], dim)
+    first = next(iter(variants.values()))
+    layers = [name for name in ("W1", "W2", "W3") if name in first.data_vars]
+    fig.suptitle(f"finite size; trained: {', '.join(layers)}", fontsize="medium")
     return fig
 
 
