@@ -85,9 +85,7 @@ def checkpoint_observables(
     # The test set is small (|D_test| = 128): one pass over all members.
     member_stream = xp.asarray(problem.member_stream)
     with np.errstate(all="ignore"):
-        phi1 = state.member_features(
-            test.get("x"), test["phi1"], problem.activation, xp
-        )
+        phi1 = state.member_features(test.get("x"), test["phi1"], xp)
         phi2 = obs.features(phi1, state.W2, problem.activation, xp)
         W3 = state.member_W3()
         y = test["y"][member_stream]

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..activations import activate
 from ..schedule import StreamKey, batch_indices
 
 __all__ = ["STEP_CHUNK", "Engine", "SGDProblem", "SGDState"]
@@ -114,19 +115,21 @@ class SGDState:
             return self.trained["W3"]
         return self.arrays["W3"][self.arrays["member_stream"]]
 
-    def member_features(self, x: Any, phi1: Any, activation: str, xp: Any) -> Any:
-        """First-layer features of every member on a data set, (M, n, n1).
+    def member_features(
+        self, x: Any, phi1: Any, xp: Any, part: slice = slice(None)
+    ) -> Any:
+        """First-layer features φ1 = φ(W1 x) of members ``part`` on a data set.
 
-        ``x`` (S, n, n0) are the stream's inputs and ``phi1`` (S, n, n1) their
+        ``x`` (S, n, n0) are each stream's inputs and ``phi1`` (S, n, n1) their
         features under the frozen W1; the latter serve unless W1 trains.
+        Returns dims (members, n, n1).
         """
-        from ..activations import activate
-
-        member_stream = self.arrays["member_stream"]
+        member_stream = self.arrays["member_stream"][part]
         if "W1" not in self.trained:
             return phi1[member_stream]
+        W1 = self.trained["W1"][part]
         return activate(
-            activation, x[member_stream] @ xp.swapaxes(self.trained["W1"], 1, 2), xp
+            self.problem.activation, x[member_stream] @ xp.swapaxes(W1, 1, 2), xp
         )
 
 
@@ -245,12 +248,7 @@ def _member_train_observables(
         for start in range(0, problem.n_members, OUTER_OBSERVABLE_BATCH):
             part = slice(start, start + OUTER_OBSERVABLE_BATCH)
             streams = arrays["member_stream"][part]
-            if "W1" in state.trained:
-                phi1 = activate_features(
-                    arrays["x"][streams], state.trained["W1"][part], problem, xp
-                )
-            else:
-                phi1 = arrays["phi1"][streams]
+            phi1 = state.member_features(arrays.get("x"), arrays["phi1"], xp, part)
             value, grad = loss_and_gradient(
                 phi1,
                 arrays["y"][streams],
@@ -262,13 +260,6 @@ def _member_train_observables(
             train_loss[part] = engine.to_host(value)
             grad_norm[part] = engine.to_host(xp.sqrt(xp.sum(grad * grad, axis=(1, 2))))
     return train_loss, grad_norm
-
-
-def activate_features(x: Any, W1: Any, problem: SGDProblem, xp: Any) -> Any:
-    """φ1 = φ(W1 x) per member: x (m, n, n0), W1 (m, n1, n0) -> (m, n, n1)."""
-    from ..activations import activate
-
-    return activate(problem.activation, x @ xp.swapaxes(W1, 1, 2), xp)
 
 
 def require_W2_only(problem: SGDProblem, engine: str) -> None:
