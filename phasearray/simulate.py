@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from pydantic import ValidationError
 
 from .activations import activate
 from .checkpoint import checkpoint_observables, held_out_arrays, mark_diverged
-from .config import ACTIVATIONS, DTYPES, SCHEDULES
-from .engines import SGDProblem, get_engine
+from .config import ACTIVATIONS, DTYPES, SCHEDULES, Model
+from .engines import SGDProblem, get_engine, resolve_engine_name
 from .ensemble import make_ensemble, stream_key, teacher_outputs
 from .errors import ConfigError
 from .store import CHECKPOINT_VARS
@@ -40,6 +42,7 @@ def simulate(
     engine: str = "auto",
     x_test: Any = None,
     seed: int | Sequence[int] = 0,
+    trainable: Sequence[str] = ("W2",),
 ) -> xr.Dataset:
     """Train students by SGD from given teacher, data and initial weights.
 
@@ -50,7 +53,8 @@ def simulate(
     ----------
     teacher : (W1, W2, W3)
         Teacher weights, dims ([member,] n1, n0), ([member,] n2, n1),
-        ([member,] n3, n2). W1 and W3 are also the student's frozen layers.
+        ([member,] n3, n2). W1 and W3 are also the student's layers: frozen,
+        or the starting point where ``trainable`` lists them.
     x_train : array, dims ([member,] n_train, n0)
     W2_init : array, dims ([member,] n2, n1)
         The student's initial W2.
@@ -72,13 +76,17 @@ def simulate(
         Default: 128 inputs drawn from ``seed`` as a sweep would.
     seed : int or sequence of int
         Keys the ``shuffle`` and ``iid`` schedules (and the default x_test).
+    trainable : sequence of {"W1", "W2", "W3"}
+        Layers SGD updates; must include W2. Where W1 or W3 train, only the
+        ``numpy`` and ``cupy`` engines apply.
 
     Returns
     -------
     xarray.Dataset
         ``W2`` (member, t, unit2, unit1) and the observables of
-        ``docs/store.md`` over (member, t); the ``member`` dim is dropped when no
-        input had one.
+        ``docs/store.md`` over (member, t), with ``W1`` (member, t, unit1,
+        unit0) and ``W3`` (member, t, unit3, unit2) where they train; the
+        ``member`` dim is dropped when no input had one.
 
     Examples
     --------
@@ -108,10 +116,12 @@ def simulate(
     _check_int("steps", steps, 0, None)
     t = _checkpoints(checkpoints, steps, n_train // batch_size)
 
+    layers = _check_trainable(trainable)
     problem, x_test_s, teacher_s = _problem(
         arrays, rates, seeds, batch_size, schedule, activation, dtype
     )
-    runner = get_engine(engine)
+    problem = replace(problem, trainable=layers)
+    runner = get_engine(resolve_engine_name(engine, layers))
     state = runner.start(problem, arrays["W2_init"])
     test = held_out_arrays(runner, x_test_s, teacher_s, arrays["W2_init"], problem)
 
@@ -127,6 +137,15 @@ def simulate(
     if not arrays["has_member"]:
         ds = ds.isel(member=0)
     return ds
+
+
+def _check_trainable(trainable: Sequence[str]) -> tuple[str, ...]:
+    """The layers to train in canonical order, or a ConfigError."""
+    try:
+        return Model.model_validate({"trainable": list(trainable)}).trainable
+    except ValidationError as error:
+        message = error.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"trainable: got {list(trainable)!r}; {message}") from None
 
 
 def _check_choice(field: str, value: str, allowed: Sequence[str]) -> None:
@@ -247,6 +266,8 @@ def _problem(
         schedule=schedule,
         activation=activation,
         dtype=dtype,
+        x=x,
+        W1=W1,
     )
     return problem, x_test, (W1, W2t, W3)
 
@@ -296,7 +317,9 @@ def _dataset(
     engine: str,
 ) -> xr.Dataset:
     dims = {
+        "W1": ("member", "t", "unit1", "unit0"),
         "W2": ("member", "t", "unit2", "unit1"),
+        "W3": ("member", "t", "unit3", "unit2"),
         "eigenvalues": ("member", "t", "eigen"),
     }
     data = {}

@@ -57,35 +57,46 @@ _SLOPES = {
 def _plain_loop(ensemble, problem, W2_initial, steps):
     """SGD sample by sample in float64, every member on its own."""
     indices = problem.indices(0, steps)
-    phi = lambda a: activate(problem.activation, a, np)  # noqa: E731
-    slope = _SLOPES[problem.activation]
-
     out = []
     for m, s in enumerate(problem.member_stream):
-        W1 = ensemble.teacher_W1[s].copy()
-        W2 = W2_initial[m].copy()
-        W3 = ensemble.teacher_W3[s].copy()
-        x, y = ensemble.x_train[s], problem.y[s]
-        step_size = problem.learning_rate[m] / problem.batch_size
-        for t in range(steps):
-            g1, g2, g3 = np.zeros_like(W1), np.zeros_like(W2), np.zeros_like(W3)
-            for a in indices[s, t]:
-                a1 = W1 @ x[a]
-                h1 = phi(a1)
-                a2 = W2 @ h1
-                h2 = phi(a2)
-                e = W3 @ h2 - y[a]
-                g3 += np.outer(e, h2)
-                d2 = (W3.T @ e) * slope(a2)
-                g2 += np.outer(d2, h1)
-                g1 += np.outer((W2.T @ d2) * slope(a1), x[a])
-            if "W1" in problem.trainable:
-                W1 -= step_size * g1
-            W2 -= step_size * g2
-            if "W3" in problem.trainable:
-                W3 -= step_size * g3
-        out.append((W1, W2, W3))
+        weights = (ensemble.teacher_W1[s], W2_initial[m], ensemble.teacher_W3[s])
+        out.append(
+            _plain_member(
+                weights,
+                ensemble.x_train[s],
+                problem.y[s],
+                indices[s],
+                problem.learning_rate[m] / problem.batch_size,
+                problem.trainable,
+                problem.activation,
+            )
+        )
     return [np.stack(layer) for layer in zip(*out, strict=True)]
+
+
+def _plain_member(weights, x, y, batches, step_size, trainable, activation):
+    """One student: for each minibatch, back-propagate sample by sample."""
+    W1, W2, W3 = (np.array(w, dtype=np.float64) for w in weights)
+    phi = lambda a: activate(activation, a, np)  # noqa: E731
+    slope = _SLOPES[activation]
+    for batch in batches:
+        g1, g2, g3 = np.zeros_like(W1), np.zeros_like(W2), np.zeros_like(W3)
+        for a in batch:
+            a1 = W1 @ x[a]
+            h1 = phi(a1)
+            a2 = W2 @ h1
+            h2 = phi(a2)
+            e = W3 @ h2 - y[a]
+            g3 += np.outer(e, h2)
+            d2 = (W3.T @ e) * slope(a2)
+            g2 += np.outer(d2, h1)
+            g1 += np.outer((W2.T @ d2) * slope(a1), x[a])
+        if "W1" in trainable:
+            W1 -= step_size * g1
+        W2 -= step_size * g2
+        if "W3" in trainable:
+            W3 -= step_size * g3
+    return W1, W2, W3
 
 
 @pytest.mark.parametrize("trainable", [("W1", "W2", "W3"), ("W2", "W3"), ("W1", "W2")])
@@ -126,6 +137,44 @@ def test_fused_engines_refuse_outer_layers() -> None:
     with pytest.raises(ConfigError, match="trains W2 alone"):
         resolve_engine_name("numba", ("W1", "W2", "W3"))
     assert resolve_engine_name("auto", ("W2", "W3")) in ("numpy", "cupy")
+
+
+def test_simulate_trains_the_listed_layers() -> None:
+    rng = np.random.default_rng(3)
+    W1 = rng.normal(size=(12, 3)) / np.sqrt(3)
+    W2 = rng.normal(size=(6, 12)) / np.sqrt(12)
+    W3 = rng.normal(size=(2, 6)) / np.sqrt(6)
+    x = rng.normal(size=(60, 3))
+    y = _forward(x, W1, W2, W3)
+    W2_init = 0.5 / np.sqrt(12) * rng.normal(size=(6, 12))
+    ds = pa.simulate(
+        teacher=(W1, W2, W3),
+        x_train=x,
+        W2_init=W2_init,
+        learning_rate=0.2,
+        batch_size=3,
+        steps=STEPS,
+        schedule="sequential",
+        trainable=["W3", "W1", "W2"],
+    )
+    # sequential: batch b of every epoch is samples [3b, 3b + 3)
+    batches = [np.arange(3 * (t % 20), 3 * (t % 20) + 3) for t in range(STEPS)]
+    expected = _plain_member(
+        (W1, W2_init, W3), x, y, batches, 0.2 / 3, ("W1", "W2", "W3"), "tanh"
+    )
+    for name, reference in zip(("W1", "W2", "W3"), expected, strict=True):
+        np.testing.assert_allclose(ds[name].isel(t=-1), reference, rtol=1e-12)
+    assert ds.attrs["engine"] == "numpy"  # auto: the fused engines train W2 alone
+    with pytest.raises(ConfigError, match="include W2"):
+        pa.simulate(
+            teacher=(W1, W2, W3),
+            x_train=x,
+            W2_init=W2_init,
+            learning_rate=0.2,
+            batch_size=3,
+            steps=3,
+            trainable=["W1"],
+        )
 
 
 OUTER = {"model.trainable": "[W1, W2, W3]"}
