@@ -118,7 +118,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers: got {args.workers}; must be at least 1")
     # The engine is settled before anything is created or claimed on disk.
     engines = {
-        resolve_engine_name(args.engine or p.engine.name, p.model.trainable)
+        resolve_engine_name(
+            args.engine or p.engine.name, p.model.trainable, p.engine_shape
+        )
         for _, p in variant_pipelines(pipeline)
     }
     for name in engines:

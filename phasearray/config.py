@@ -258,6 +258,12 @@ class Pipeline(_Section):
         return self.data.n_train // self.train.batch_size
 
     @property
+    def engine_shape(self) -> tuple[int, int, int, int]:
+        """(n1, n2, n3, batch_size): what decides whether a kernel fits."""
+        _, n1, n2, n3 = self.model.widths
+        return n1, n2, n3, self.train.batch_size
+
+    @property
     def checkpoints(self) -> np.ndarray:
         """Checkpoint steps, ascending, always including 0 and the last step."""
         spec = self.record.checkpoints
@@ -479,6 +485,12 @@ _SHAPE_HINTS = {
     "record.checkpoints": "must be a list of steps or {log: N}",
     "record.W2": "must be 'all', 'ends' or a list of checkpoint steps",
     "model.widths": "must be a list of 4 positive integers [n0, n1, n2, n3]",
+    "engine": "must be a section with keys name, block_models "
+    "(choose the engine with engine.name, e.g. --set engine.name=numba)",
+    **{
+        section: f"must be a section (a mapping of its fields, e.g. {section}.KEY=VALUE)"
+        for section in ("model", "data", "grid", "train", "record", "variants")
+    },
 }
 
 

@@ -121,7 +121,9 @@ def simulate(
         arrays, rates, seeds, batch_size, schedule, activation, dtype
     )
     problem = replace(problem, trainable=layers)
-    runner = get_engine(resolve_engine_name(engine, layers))
+    n1, n2, n3 = problem.phi1.shape[2], problem.W3.shape[2], problem.W3.shape[1]
+    shape = (n1, n2, n3, batch_size)
+    runner = get_engine(resolve_engine_name(engine, layers, shape))
     state = runner.start(problem, arrays["W2_init"])
     test = held_out_arrays(runner, x_test_s, teacher_s, arrays["W2_init"], problem)
 

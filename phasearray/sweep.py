@@ -87,7 +87,7 @@ def run_sweep(
     start = time.perf_counter()
     path = Path(path)
     engine_name = resolve_engine_name(
-        engine or pipeline.engine.name, pipeline.model.trainable
+        engine or pipeline.engine.name, pipeline.model.trainable, pipeline.engine_shape
     )
     get_engine(engine_name)  # fail here, before a store is made, if unavailable
     _open_or_create(path, pipeline, engine_name)

@@ -102,6 +102,8 @@ BAD = {
         "with train.dtype float32 it must be at least 1.2e-05",
     ),
     "digits-width": (["data.source=digits"], "so n0 must be 64"),
+    "engine-as-value": (["engine=cupy"], "choose the engine with engine.name"),
+    "section-as-value": (["train=3"], "field 'train': got 3; must be a section"),
 }
 
 

@@ -114,6 +114,40 @@ def test_agrees_with_numpy_in_hot_cells(schedule: str, activation: str) -> None:
     assert_close_per_member(run("numba", problem, W2, 5), reference, 1e-12)
 
 
+def test_hot_cells_amplify_one_ulp_past_the_tolerance_within_10_steps() -> None:
+    # Why hot cells are compared after 5 steps: the NumPy engine against itself
+    # with W2(0) changed by one ulp already differs by more than 1e-12 after 10
+    # steps (7e-12 measured at T = 64, σ_W = 0.125), while ordered cells stay
+    # at round-off.
+    problem, W2 = grid_problem("shuffle", "tanh", [64.0], [0.125])
+    nudged = W2 * (1 + np.finfo(np.float64).eps)
+    hot = relative_change(
+        run("numpy", problem, nudged, 10), run("numpy", problem, W2, 10)
+    )
+    assert hot.max() > 1e-12
+    problem, W2 = grid_problem("shuffle", "tanh", [2.0**-5], [0.125])
+    nudged = W2 * (1 + np.finfo(np.float64).eps)
+    ordered = relative_change(
+        run("numpy", problem, nudged, 10), run("numpy", problem, W2, 10)
+    )
+    assert ordered.max() < 1e-14
+
+
+def relative_change(actual: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per member: max |actual − reference| / max |reference|."""
+    return np.abs(actual - reference).max(axis=(1, 2)) / np.abs(reference).max(
+        axis=(1, 2)
+    )
+
+
+def test_auto_picks_the_numba_engine_on_the_cpu() -> None:
+    from phasearray.engines import resolve_engine_name
+
+    assert resolve_engine_name("auto") == "numba"
+    assert resolve_engine_name("auto", shape=(128, 64, 1, 4)) == "numba"
+    assert resolve_engine_name("auto", ("W2", "W3")) == "numpy"
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_float32_follows_the_float64_reference(activation: str) -> None:
     # The identity network at T = 0.125 overflows float32 within 100 steps (and

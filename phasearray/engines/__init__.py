@@ -9,9 +9,10 @@ cupy        the batched reference on CuPy arrays            CuPy and a GPU
 cupy-fused  fused CUDA kernel, one model per warp           CuPy and a GPU
 ========== ============================================== ==================
 
-``auto`` picks ``cupy-fused`` where CuPy sees a GPU, else ``numba`` where it
-imports, else ``numpy``; where layers besides W2 train (``model.trainable``),
-``cupy`` where CuPy sees a GPU, else ``numpy``. Optional packages are imported only when asked for.
+``auto`` picks ``cupy-fused`` where CuPy sees a GPU (``cupy`` for widths its
+kernel does not handle), else ``numba`` where it imports, else ``numpy``; where
+layers besides W2 train (``model.trainable``), ``cupy`` where CuPy sees a GPU,
+else ``numpy``. Optional packages are imported only when asked for.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _ENGINES = {
     "cupy": ("phasearray.engines.gpu", "CupyEngine"),
     "cupy-fused": ("phasearray.engines.gpu", "CupyFusedEngine"),
 }
-_AUTO_ORDER = ("cupy-fused", "numba", "numpy")
+_AUTO_ORDER = ("cupy-fused", "cupy", "numba", "numpy")
 _AUTO_ORDER_OUTER = ("cupy", "numpy")
 
 
@@ -69,33 +70,67 @@ def get_engine(name: str = "auto") -> Engine:
     return engine
 
 
-def resolve_engine_name(name: str, trainable: tuple[str, ...] = ("W2",)) -> str:
-    """Map ``auto`` to a concrete engine name; check other names exist.
+def resolve_engine_name(
+    name: str,
+    trainable: tuple[str, ...] = ("W2",),
+    shape: tuple[int, int, int, int] | None = None,
+) -> str:
+    """Map ``auto`` to a concrete engine name; check the engine fits the problem.
 
-    With layers besides W2 in ``trainable`` only the batched engines apply
-    (``cupy`` where CuPy sees a GPU, else ``numpy``); asking for a fused one
-    is a :class:`ConfigError`.
+    Parameters
+    ----------
+    name : str
+        An engine name or ``auto``.
+    trainable : tuple of str
+        The trained layers; besides W2 only the batched engines apply
+        (``cupy`` where CuPy sees a GPU, else ``numpy``).
+    shape : (n1, n2, n3, batch_size), optional
+        Widths and minibatch size; ``auto`` passes over ``cupy-fused`` for a
+        shape its kernel does not handle, and asking for it by name is then a
+        :class:`ConfigError`.
+
+    Raises
+    ------
+    ConfigError
+        The name is not an engine, or the engine cannot train this problem.
     """
     trains_outer = tuple(trainable) != ("W2",)
     if name != "auto":
-        if name not in _ENGINES:
-            raise ConfigError(
-                f"engine {name!r} is not known; choose auto or one of "
-                f"{', '.join(_ENGINES)}"
-            )
-        if trains_outer and name in FUSED_ENGINES:
-            raise ConfigError(
-                f"engine {name!r} trains W2 alone; with model.trainable = "
-                f"{list(trainable)} choose auto, numpy or cupy"
-            )
+        _check_engine_fits(name, trainable, shape)
         return name
     available = available_engines()
     order = _AUTO_ORDER_OUTER if trains_outer else _AUTO_ORDER
     for candidate in order:
-        if candidate in available:
+        if candidate in available and _shape_problem(candidate, shape) is None:
             logger.debug("engine auto: choosing %s", candidate)
             return candidate
     return "numpy"
+
+
+def _check_engine_fits(
+    name: str, trainable: tuple[str, ...], shape: tuple[int, int, int, int] | None
+) -> None:
+    if name not in _ENGINES:
+        raise ConfigError(
+            f"engine {name!r} is not known; choose auto or one of {', '.join(_ENGINES)}"
+        )
+    if tuple(trainable) != ("W2",) and name in FUSED_ENGINES:
+        raise ConfigError(
+            f"engine {name!r} trains W2 alone; with model.trainable = "
+            f"{list(trainable)} choose auto, numpy or cupy"
+        )
+    reason = _shape_problem(name, shape)
+    if reason is not None:
+        raise ConfigError(f"field 'engine.name': {reason}")
+
+
+def _shape_problem(name: str, shape: tuple[int, int, int, int] | None) -> str | None:
+    """Why engine ``name`` cannot train this shape (only the CUDA kernel has bounds)."""
+    if name != "cupy-fused" or shape is None:
+        return None
+    from .gpu import fused_shape_problem  # imports no CuPy
+
+    return fused_shape_problem(*shape)
 
 
 def available_engines() -> list[str]:

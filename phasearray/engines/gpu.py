@@ -41,6 +41,7 @@ __all__ = [
     "KernelConfig",
     "block_layout",
     "cupy_unavailable_reason",
+    "fused_shape_problem",
     "kernel_config",
 ]
 
@@ -175,33 +176,50 @@ class KernelConfig:
         return f"sgd_fused<{', '.join(self.template_arguments)}>"
 
 
+def fused_shape_problem(n1: int, n2: int, n3: int, batch_size: int) -> str | None:
+    """Why the fused kernel cannot train this shape, or None when it can.
+
+    Parameters
+    ----------
+    n1, n2, n3 : int
+        Widths of the first hidden, trained hidden and output layers.
+    batch_size : int
+        Minibatch size |B|.
+    """
+    if n2 > 32 or 32 % n2:
+        return (
+            f"engine 'cupy-fused' needs the trained layer's width n2 to divide 32, "
+            f"got n2={n2}; use engine 'cupy' or 'numba' instead"
+        )
+    columns = -(-n1 // (32 // n2))
+    if columns > MAX_COLUMNS_PER_LANE:
+        return (
+            f"engine 'cupy-fused' keeps at most {MAX_COLUMNS_PER_LANE} columns of W2 "
+            f"per lane, got n1={n1} with n2={n2}; use engine 'cupy' instead"
+        )
+    if batch_size > MAX_BATCH_SIZE or n3 > MAX_OUTPUTS:
+        return (
+            f"engine 'cupy-fused' handles batch_size <= {MAX_BATCH_SIZE} and "
+            f"n3 <= {MAX_OUTPUTS}, got batch_size={batch_size}, n3={n3}; "
+            f"use engine 'cupy' instead"
+        )
+    return None
+
+
 def kernel_config(problem: SGDProblem, warps: int) -> KernelConfig:
     """The kernel instantiation for a block's problem; check the shape fits.
 
     Raises
     ------
     NotImplementedError
-        The widths or batch size are outside what the kernel handles.
+        The widths or batch size are outside what the kernel handles
+        (:func:`fused_shape_problem`).
     """
     n1 = problem.phi1.shape[2]
     n3, n2 = problem.W3.shape[1:]
-    if n2 > 32 or 32 % n2:
-        raise NotImplementedError(
-            f"engine 'cupy-fused' needs the trained layer's width n2 to divide 32, "
-            f"got n2={n2}; use engine 'cupy' or 'numba' instead"
-        )
-    columns = -(-n1 // (32 // n2))
-    if columns > MAX_COLUMNS_PER_LANE:
-        raise NotImplementedError(
-            f"engine 'cupy-fused' keeps at most {MAX_COLUMNS_PER_LANE} columns of W2 "
-            f"per lane, got n1={n1} with n2={n2}; use engine 'cupy' instead"
-        )
-    if problem.batch_size > MAX_BATCH_SIZE or n3 > MAX_OUTPUTS:
-        raise NotImplementedError(
-            f"engine 'cupy-fused' handles batch_size <= {MAX_BATCH_SIZE} and "
-            f"n3 <= {MAX_OUTPUTS}, got batch_size={problem.batch_size}, n3={n3}; "
-            f"use engine 'cupy' instead"
-        )
+    reason = fused_shape_problem(n1, n2, n3, problem.batch_size)
+    if reason is not None:
+        raise NotImplementedError(reason)
     return KernelConfig(
         dtype=problem.dtype,
         n1=int(n1),
