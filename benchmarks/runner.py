@@ -247,7 +247,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--peer", type=Path, default=None, help="peer_torch.py path")
     parser.add_argument(
-        "--peer-steps", type=int, default=500, help="steps of each peer run"
+        "--peer-steps", type=int, default=2000, help="steps of each peer run"
     )
     parser.add_argument("--no-peer", action="store_true", help="skip the peer")
     parser.add_argument(

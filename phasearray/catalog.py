@@ -359,21 +359,13 @@ class Catalog:
 def default_catalog_path() -> Path:
     """Where :func:`open_catalog` looks when given no path.
 
-    In order: ``$PHASEARRAY_CATALOG``; the ``catalog/`` folder of the source
-    tree this package runs from; ``./catalog`` when it holds a
-    ``catalog.json`` (an installed package run inside a checkout). The shipped
-    catalog lives in the repository, not in the installed package.
+    ``$PHASEARRAY_CATALOG`` where set, else the catalog shipped with the
+    package (``catalog/`` of the repository, installed as
+    ``phasearray/datasets``).
     """
     if os.environ.get(_ENV):
         return Path(os.environ[_ENV])
-    source_tree = Path(__file__).resolve().parents[1] / "catalog"
-    here = Path.cwd() / "catalog"
-    if (
-        not (source_tree / "catalog.json").is_file()
-        and (here / "catalog.json").is_file()
-    ):
-        return here
-    return source_tree
+    return Path(__file__).resolve().parent / "datasets"
 
 
 def open_catalog(path: str | Path | None = None) -> Catalog:

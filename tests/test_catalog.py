@@ -38,11 +38,14 @@ def catalog_copy(tmp_path) -> Path:
 
 
 def test_default_catalog_is_the_shipped_folder(monkeypatch, tmp_path):
-    # From the checkout's root the shipped catalog is found whether phasearray
-    # is installed from it (editable or not); elsewhere only an editable one is.
+    # The catalog is installed with the package: found from any folder, with
+    # the same files as the checkout's catalog/.
     monkeypatch.delenv("PHASEARRAY_CATALOG", raising=False)
-    monkeypatch.chdir(SHIPPED.parent)
-    assert default_catalog_path().resolve() == SHIPPED.resolve()
+    monkeypatch.chdir(tmp_path)
+    installed = default_catalog_path()
+    for shipped in SHIPPED.rglob("*.*"):
+        relative = shipped.relative_to(SHIPPED)
+        assert (installed / relative).read_bytes() == shipped.read_bytes()
     assert open_catalog().names == ["quick-tiny"]
 
 
@@ -90,7 +93,7 @@ def test_shipped_catalog_is_valid_stac_for_pystac():
     entry = open_catalog(SHIPPED)["quick-tiny"]
 
     assert item.id == "quick-tiny"
-    assert Path(asset.get_absolute_href()) == Path(entry.location)
+    assert Path(asset.get_absolute_href()).resolve() == Path(entry.location).resolve()
     assert FileExtension.ext(asset).checksum == "1220" + entry.sha256
     assert FileExtension.ext(asset).size == entry.size
     assert item.common_metadata.license == "CC-BY-4.0"
