@@ -81,11 +81,15 @@ PHASE_ML_KEYS = ("W", "dW", "loss", "Wt", "M", "Z")
 _MAX_SNAPSHOTS = 21
 _DIVERGED_LOSS = 100.0
 _NOTEBOOK_N_TEST = 128
+# Largest unpacked arr_0 accepted (a whole cell of the authors' study is ~30 MB).
+MAX_MEMBER_BYTES = 2**31
 
-_FOLDER_NAME = re.compile(
-    r"r(?P<r>\d+)K(?P<K>\d+)_(?P<activation>[A-Za-z]+)"
-    r"_lr(?P<lr>[0-9.eE+-]+)_bs(?P<bs>[0-9.eE+-]+)_eps(?P<eps>[0-9.eE+-]+)"
+# ``…_lr{lr}_bs{bs}_eps{σ_W}`` at the end of a name, whatever comes before it
+# (the authors' script writes ``r{r}K{K}_{activation}_`` there).
+_HYPERPARAMETERS = re.compile(
+    r"(?:^|_)lr(?P<lr>[0-9.eE+-]+)_bs(?P<bs>[0-9.eE+-]+)_eps(?P<eps>[0-9.eE+-]+)$"
 )
+_ACTIVATION = re.compile(r"(?:^|_)(?P<activation>tanh|relu|identity)(?:_|$)")
 
 # Everything a pickle of plain (possibly object-dtype) NumPy arrays in dicts
 # and lists may name. Dicts, lists, tuples, strings and numbers need no global.
@@ -197,6 +201,14 @@ def _npz_member(path: Path, member: str) -> bytes:
                     f"{str(path)!r} has no {member!r} (members: {names}); the "
                     "phase_ml release format keeps its dict in arr_0"
                 )
+            size = archive.getinfo(member).file_size
+            if size > MAX_MEMBER_BYTES:
+                raise StoreError(
+                    f"{str(path)!r}: {member} unpacks to {size} bytes, more than the "
+                    f"{MAX_MEMBER_BYTES} a release file of 100 seeds × 21 snapshots "
+                    "needs; refusing to read it"
+                )
+            # zipfile stops at the declared size, so this bounds the memory used.
             return archive.read(member)
     except zipfile.BadZipFile:
         raise StoreError(f"{str(path)!r} is not an .npz (zip) file") from None
@@ -320,14 +332,16 @@ def phase_ml_hyperparameters(path: str | Path) -> dict[str, Any]:
     Parameters
     ----------
     path : path
-        ``…/r2K16_tanh_lr0.5_bs4_eps0.5/data.npz``; the folder (or the file
-        name without suffix) is matched.
+        ``…/r2K16_tanh_lr0.5_bs4_eps0.5/data.npz`` or any folder name ending
+        in ``_lr{lr}_bs{bs}_eps{σ_W}``; the folder (or the file name without
+        suffix) is matched.
 
     Returns
     -------
     dict
-        ``learning_rate``, ``batch_size``, ``sigma_W``, ``activation``; empty
-        when neither name follows the pattern.
+        ``learning_rate``, ``batch_size``, ``sigma_W`` and, where the name
+        spells one of tanh, relu, identity before them, ``activation``; empty
+        when neither name ends in ``lr{lr}_bs{bs}_eps{σ_W}``.
 
     Examples
     --------
@@ -336,14 +350,17 @@ def phase_ml_hyperparameters(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     for name in (path.parent.name, path.stem):
-        match = _FOLDER_NAME.fullmatch(name)
+        match = _HYPERPARAMETERS.search(name)
         if match:
-            return {
+            found: dict[str, Any] = {
                 "learning_rate": _number(match["lr"], "lr", path),
                 "batch_size": _batch_size(match["bs"], path),
                 "sigma_W": _number(match["eps"], "eps", path),
-                "activation": match["activation"],
             }
+            activation = _ACTIVATION.search(name[: match.start()])
+            if activation:
+                found["activation"] = activation["activation"]
+            return found
     return {}
 
 

@@ -140,6 +140,15 @@ def test_hyperparameters_from_folder_name():
         "activation": "relu",
     }
     assert phase_ml_hyperparameters("cases/phase_ml_release_sample.npz") == {}
+    # any prefix: the activation only where the name spells one
+    assert phase_ml_hyperparameters("x_lr0.5_bs4_eps2e-1/data.npz") == {
+        "learning_rate": 0.5,
+        "batch_size": 4,
+        "sigma_W": 0.2,
+    }
+    assert phase_ml_hyperparameters("run_identity_lr1_bs8_eps4")["activation"] == (
+        "identity"
+    )
 
 
 def test_several_folders_make_one_grid_with_missing_cells(tmp_path):
@@ -282,6 +291,33 @@ def test_hostile_pickle_is_refused_without_running(tmp_path, kind):
     assert not marker.exists()
     assert not store.exists()
     assert not store.parent.exists()
+
+
+def test_cli_refuses_a_hostile_pickle_with_exit_code_2(tmp_path, capsys):
+    from phasearray.cli import main
+
+    marker = tmp_path / "ran"
+    arrays = _fake_arrays()
+    arrays["W"] = _hostile_payloads(marker)["os.system"]
+    bad = _release_file(tmp_path / "x_lr0.5_bs4_eps0.5" / "data.npz", arrays)
+    store = tmp_path / "s.zarr"
+
+    assert main(["import-phase-ml", str(bad), "--store", str(store)]) == 2
+
+    assert "refusing to load it" in capsys.readouterr().err
+    assert not marker.exists()
+    assert not store.exists()
+
+
+def test_member_that_unpacks_too_large_is_refused(tmp_path, monkeypatch):
+    import phasearray.importers as importers
+
+    path = _release_file(tmp_path / FOLDER / "data.npz", _fake_arrays())
+    monkeypatch.setattr(importers, "MAX_MEMBER_BYTES", 1000)
+    with pytest.raises(
+        StoreError, match=r"arr_0.npy unpacks to 76158 bytes, more than the 1000"
+    ):
+        importers.read_phase_ml(path)
 
 
 def test_safe_unpickle_reads_plain_arrays_of_any_protocol():
