@@ -420,20 +420,20 @@ def open_sweep(path: str | Path, *, chunks: Any = None) -> xr.Dataset:
     if Path(path).is_file():
         location = zarr.storage.ZipStore(path, mode="r")
     try:
-        ds = xr.open_zarr(
-            location,
-            chunks={} if chunks is None else chunks,
-            consolidated=False,
-            zarr_format=3,
-        )
+        ds = _open_zarr(location, {} if chunks is None else chunks)
+        # Small 1-D coordinates are read now, straight from Zarr and not
+        # through Dask, so labels never need a compute.
+        plain = _open_zarr(location, None)
+        labels = {name: plain[name].load() for name in ds.coords if name not in ds.dims}
     except Exception as error:  # zipfile, zarr and xarray raise many kinds here
         raise StoreError(f"cannot open store {str(path)!r}: {error}") from None
     check_schema(ds.attrs, Path(path))
     ds = ds.drop_vars([v for v in _HIDDEN if v in ds.variables])
-    # Small 1-D coordinates are read now, so labels never need a compute.
-    return ds.assign_coords(
-        {name: ds[name].load() for name in ds.coords if name not in ds.dims}
-    )
+    return ds.assign_coords(labels)
+
+
+def _open_zarr(location: Any, chunks: Any) -> xr.Dataset:
+    return xr.open_zarr(location, chunks=chunks, consolidated=False, zarr_format=3)
 
 
 def _existing(path: str | Path) -> Path:

@@ -48,6 +48,8 @@ def lazy(sweep, tmp_path_factory) -> xr.Dataset:
 def test_every_result_is_built_without_computing(lazy) -> None:
     assert lazy.W2.chunks is not None
     with dask.config.set(scheduler=_raise_on_compute):
+        reopened = phasearray.open_sweep(lazy.encoding["source"])
+        assert reopened.W2.chunks is not None
         results = [
             lazy.phase.stats("test_loss"),
             lazy.phase.stats("diverged"),
