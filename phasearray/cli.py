@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    warnings.formatwarning = _one_line_warning
     if not hasattr(args, "handler"):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -52,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _one_line_warning(message: Any, category: Any, *_: Any, **__: Any) -> str:
+    return f"phasearray: warning: {message}\n"
 
 
 def _parser() -> argparse.ArgumentParser:

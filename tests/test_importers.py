@@ -128,6 +128,27 @@ def test_import_records_pipeline_and_provenance(tmp_path):
     assert source["sha256"] == hashlib.sha256(RELEASE.read_bytes()).hexdigest()
 
 
+@needs_cases
+def test_imported_store_gets_the_figures_it_can_give(tmp_path):
+    # The release holds no data sets: the eigenvalue figures are drawn, the
+    # ones needing inputs or the test loss are left out with a warning.
+    from phasearray.errors import PhasearrayWarning
+    from phasearray.plots import write_figures
+
+    store = import_phase_ml(RELEASE, tmp_path / "sample.zarr", **SAMPLE_CELL)
+    with pytest.warns(PhasearrayWarning, match=r"it has no x_train, x_test, test_loss"):
+        paths = write_figures(open_sweep(store), tmp_path / "figures")
+    assert [p.name for p in paths] == [
+        "fig6_eigenvalue_flows.png",
+        "fig6b_initial_spectra.png",
+        "fig7_level_spacing_rate.png",
+    ]
+    with pytest.raises(StoreError, match="no variable 'test_loss'"):
+        write_figures(
+            open_sweep(store), tmp_path / "f2", figures=["fig2_test_loss_map"]
+        )
+
+
 # --- hyperparameters from folder names -------------------------------------------------
 
 

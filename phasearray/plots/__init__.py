@@ -8,18 +8,22 @@ chosen figures draw, all of it in one pass.
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import xarray as xr
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, PhasearrayWarning, StoreError
 from . import _results
 from .figures import FIGURES
 
 __all__ = ["FIGURES", "write_figures"]
 
 logger = logging.getLogger(__name__)
+
+_MISSING_VARIABLE = re.compile(r"has no variable '([^']+)'")
 
 
 def write_figures(
@@ -50,7 +54,11 @@ def write_figures(
     Returns
     -------
     list of pathlib.Path
-        The files written, in the order of :data:`FIGURES`.
+        The files written, in the order of :data:`FIGURES`. With ``figures``
+        not given, a figure the store lacks the variables for is left out with
+        a :class:`~phasearray.errors.PhasearrayWarning` (a store imported from
+        the authors' release has no training inputs for the DBM, say); a
+        figure asked for by name raises instead.
 
     Examples
     --------
@@ -67,7 +75,11 @@ def write_figures(
         ) from None
 
     needs = {need for name in names for need in FIGURES[name][1]}
-    results = _results.compute(ds, needs, convention)
+    lazy, missing = _results.build(ds, needs, convention)
+    if missing and figures is not None:
+        raise next(iter(missing.values()))
+    names = _drop_undrawable(names, missing)
+    results = _results.compute_built(lazy)
     paths = []
     for name in names:
         draw, _ = FIGURES[name]
@@ -76,6 +88,26 @@ def write_figures(
         logger.debug("wrote %s", path)
         paths.append(path)
     return paths
+
+
+def _drop_undrawable(names: list[str], missing: dict[str, StoreError]) -> list[str]:
+    """The figures whose pieces all built; warn once naming the others and why."""
+    if not missing:
+        return names
+    skipped = [n for n in names if set(FIGURES[n][1]) & set(missing)]
+    lacking = [_MISSING_VARIABLE.search(str(e)) for e in missing.values()]
+    if all(lacking):
+        reasons = "it has no " + ", ".join(
+            dict.fromkeys(m.group(1) for m in lacking if m)
+        )
+    else:
+        reasons = "; ".join(dict.fromkeys(str(error) for error in missing.values()))
+    warnings.warn(
+        f"left out {', '.join(skipped)}, which this store cannot give: {reasons}",
+        PhasearrayWarning,
+        stacklevel=3,
+    )
+    return [n for n in names if n not in skipped]
 
 
 def _chosen(figures: Iterable[str] | None) -> list[str]:

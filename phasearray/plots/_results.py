@@ -16,6 +16,8 @@ import numpy as np
 import xarray as xr
 
 from .. import analysis  # also registers ds.phase
+from ..analysis._common import variable
+from ..errors import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ def flow_cells(ds: xr.Dataset) -> dict[str, dict[str, int]]:
 
 
 def _final(ds: xr.Dataset, **_: Any) -> xr.Dataset:
+    for name in FINAL_VARS:
+        variable(ds, name)  # a StoreError naming what the store lacks
     parts = []
     for name in FINAL_VARS:
         stats = ds.phase.stats(ds[name].isel(t=-1, drop=True))
@@ -95,8 +99,33 @@ BUILDERS: dict[str, Callable[..., xr.Dataset]] = {
 
 def compute(ds: xr.Dataset, needs: Iterable[str], convention: str) -> dict[str, Any]:
     """Build and compute the named pieces together; returns name → Dataset."""
-    names = sorted(set(needs))
-    lazy = {name: BUILDERS[name](ds, convention=convention) for name in names}
+    lazy, missing = build(ds, needs, convention)
+    if missing:
+        raise next(iter(missing.values()))
+    return compute_built(lazy)
+
+
+def build(
+    ds: xr.Dataset, needs: Iterable[str], convention: str
+) -> tuple[dict[str, xr.Dataset], dict[str, StoreError]]:
+    """The named pieces, lazy; and the error of each one the store cannot give.
+
+    A piece fails to build when the store lacks a variable it needs (a store
+    imported from the authors' release holds no training inputs, say);
+    building reads nothing, so this is cheap.
+    """
+    lazy, missing = {}, {}
+    for name in sorted(set(needs)):
+        try:
+            lazy[name] = BUILDERS[name](ds, convention=convention)
+        except StoreError as error:
+            missing[name] = error
+    return lazy, missing
+
+
+def compute_built(lazy: dict[str, xr.Dataset]) -> dict[str, Any]:
+    """Compute built pieces in one pass; returns name → Dataset."""
+    names = list(lazy)
     logger.debug("computing %s for the figures", ", ".join(names))
     out: dict[str, Any] = dict(
         zip(names, analysis.compute(*lazy.values()), strict=True)
