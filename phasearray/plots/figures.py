@@ -159,28 +159,24 @@ def fig5_feature_overlap_alignment(ds: xr.Dataset, r: dict[str, Any]) -> Figure:
 
 
 def fig6_eigenvalue_flows(ds: xr.Dataset, r: dict[str, Any]) -> Figure:
-    """Eigenvalues x(t) of every seed in an ordered, a hot and a jammed cell."""
+    """Eigenvalues x(t) in an ordered, a hot and a jammed cell.
+
+    The first seed's flows are drawn strong with its teacher's eigenvalues
+    dashed on top (the levels an ordered run approaches); the other seeds
+    faint behind them.
+    """
     fig = draw.figure(3, width=4.2)
     axes = fig.subplots(1, 3)
     flows, teacher = r["flows"], r["teacher_eigenvalues"]
     for ax, (name, where) in zip(axes, flow_cells(ds).items(), strict=True):
         values = flows[name].transpose("seed", "eigen", "t").values
         t = flows["t"].values.astype(np.float64)
-        lines = [np.column_stack([t, row]) for row in values.reshape(-1, t.size)]
-        ax.add_collection(
-            LineCollection(lines, colors="steelblue", lw=0.6, alpha=0.6, zorder=2)
-        )
-        # one collection for all teacher levels: thousands of axhlines are slow
-        ax.hlines(
-            teacher,
-            t.min(),
-            t.max(),
-            colors="0.3",
-            linestyles="--",
-            lw=0.3,
-            alpha=0.3,
-            zorder=0,
-        )
+        for rows, style in ((values[1:], _FAINT_FLOW), (values[:1], _FIRST_FLOW)):
+            lines = [np.column_stack([t, row]) for row in rows.reshape(-1, t.size)]
+            ax.add_collection(LineCollection(lines, **style))
+        levels = _first_teacher_levels(flows["teacher_W2"], where)
+        ax.hlines(levels, t.min(), t.max(), colors="firebrick", linestyles="--",
+                  lw=0.9, alpha=0.9, zorder=3)  # fmt: skip
         _flow_limits(ax, t, values, teacher, name)
         T, sigma = float(ds["T"][where["T"]]), float(ds["sigma_W"][where["sigma_W"]])
         ax.set(
@@ -188,9 +184,24 @@ def fig6_eigenvalue_flows(ds: xr.Dataset, r: dict[str, Any]) -> Figure:
             ylabel="x(t)",
             title=f"{name}: T = {T:.3g}, 1/σ_W = {1 / sigma:.3g}",
         )
-    axes[0].plot([], [], "k--", lw=0.8, label="teacher")
+    seed = int(flows["seed"][0])
+    axes[0].plot([], [], color="navy", lw=0.9, label=f"student, seed {seed}")
+    axes[0].plot([], [], "--", color="firebrick", lw=0.9, label="its teacher")
     draw.legend(axes[0], loc="upper left")
     return fig
+
+
+_FAINT_FLOW = {"colors": "lightsteelblue", "lw": 0.5, "alpha": 0.5, "zorder": 1}
+_FIRST_FLOW = {"colors": "navy", "lw": 0.9, "alpha": 0.9, "zorder": 2}
+
+
+def _first_teacher_levels(
+    teacher_W2: xr.DataArray, where: dict[str, int]
+) -> np.ndarray:
+    """Eigenvalues of W̄2 W̄2ᵀ of the first seed's teacher in a cell."""
+    cell = {dim: where[dim] for dim in ("T", "sigma_W") if dim in teacher_W2.dims}
+    W = np.asarray(teacher_W2.isel(cell).isel(seed=0).values, dtype=np.float64)
+    return np.linalg.eigvalsh(W @ W.T)
 
 
 def _flow_limits(ax, t, values, teacher, name) -> None:
