@@ -37,6 +37,7 @@ import xarray as xr
 import yaml
 
 from .catalog import (
+    _SHA256_MULTIHASH,
     ZARR_MEDIA_TYPE,
     ZIP_MEDIA_TYPE,
     ChecksumError,
@@ -627,6 +628,36 @@ def verify(bundle: str | Path) -> dict[str, str]:
             problems.append(
                 f"{name}: sha256 {actual}, {MANIFEST} says {recorded[name]}"
             )
+    problems += _item_checksum_problems(folder, set(recorded) & present)
     if problems:
         raise ChecksumError(f"bundle {str(folder)!r} fails: " + "; ".join(problems))
     return recorded
+
+
+def _item_checksum_problems(folder: Path, names: set[str]) -> list[str]:
+    """Assets whose ``file:checksum`` in the bundle's STAC item differs from the file.
+
+    The manifest and the item are written together; a store replaced along
+    with its manifest line is still caught here.
+    """
+    problems = []
+    for name in sorted(n for n in names if n.endswith(".json")):
+        try:
+            item = json.loads((folder / name).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # not an item; its own checksum was checked above
+        if not isinstance(item, dict) or item.get("type") != "Feature":
+            continue
+        for asset in (item.get("assets") or {}).values():
+            href, checksum = asset.get("href"), asset.get("file:checksum")
+            if not (isinstance(href, str) and isinstance(checksum, str)):
+                continue
+            path = folder / href
+            if href in names and path.is_file():
+                expected = checksum.removeprefix(_SHA256_MULTIHASH)
+                actual = sha256_file(path)
+                if actual != expected:
+                    problems.append(
+                        f"{href}: sha256 {actual}, {name} (STAC item) says {expected}"
+                    )
+    return problems

@@ -206,6 +206,26 @@ def test_one_changed_byte_fails_naming_the_file(bundle, tmp_path, victim):
     assert not any(f"{name}:" in str(info.value) for name in others)
 
 
+def test_store_replaced_with_its_manifest_line_fails_on_the_stac_item(bundle, tmp_path):
+    from phasearray.catalog import sha256_file
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in bundle.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    old = sha256_file(copy / "micro.zarr.zip")
+    _flip_one_byte(copy / "micro.zarr.zip")
+    new = sha256_file(copy / "micro.zarr.zip")
+    manifest = copy / MANIFEST
+    manifest.write_text(manifest.read_text().replace(old, new))
+
+    with pytest.raises(ChecksumError) as info:
+        verify(copy)
+    assert str(info.value).endswith(
+        f"micro.zarr.zip: sha256 {new}, micro.json (STAC item) says {old}"
+    )
+
+
 def test_cli_verify_exit_codes(bundle, tmp_path, capsys):
     assert _cli(["verify", str(bundle)]) == 0
     copy = tmp_path / "copy"
