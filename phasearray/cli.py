@@ -48,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PhasearrayError as error:
         print(f"phasearray: error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as error:  # disk full, a file system gone read-only mid-run
+        print(
+            f"phasearray: error: {error}; completed checkpoints are kept, run the "
+            "same command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(
             "phasearray: interrupted; run the same command again to resume",

@@ -249,6 +249,21 @@ def check_writable(path: Path) -> None:
         )
 
 
+def check_store_writable(path: Path) -> None:
+    """Refuse to resume into a store any folder of which cannot be written.
+
+    Checked before training, so a read-only store (a read-only mount, a
+    ``chmod -R a-w``, an immutable folder) is left exactly as it was.
+    """
+    folders = [path, *(p for p in path.rglob("*") if p.is_dir())]
+    locked = [f for f in folders if not os.access(f, os.W_OK)]
+    if locked:
+        raise StoreError(
+            f"cannot resume store {str(path)!r}: folder {str(locked[0])!r} is not "
+            f"writable ({len(locked)} of {len(folders)} folders); nothing was changed"
+        )
+
+
 def _template(
     pipeline: Pipeline, ensemble: Mapping[str, np.ndarray], engine: str
 ) -> xr.Dataset:

@@ -29,6 +29,7 @@ from .store import (
     BlockWriter,
     check_integrity,
     check_same_pipeline,
+    check_store_writable,
     completion,
     create_store,
     read_attrs,
@@ -108,6 +109,8 @@ def run_sweep(
     logger.info(
         "%d of %d blocks to run with engine %s", len(todo), len(blocks), engine_name
     )
+    if todo:
+        check_store_writable(path)
 
     if client is None:
         for block in todo:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,19 +217,39 @@ def test_read_only_location(capsys) -> None:
     assert not target.exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """Make ``folder`` unwritable for this process, root included.
+
+    Mode 555 stops other users; root needs the immutable attribute (chattr +i
+    on ext4 and most Linux file systems), skipped where it cannot be set.
+    """
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)]).returncode:
+        pytest.skip("root writes into read-only folders and chattr +i is unavailable")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(folder)], check=True)
+
+
 def test_read_only_folder(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
-    folder.chmod(0o555)
-    try:
+    with read_only(folder):
         assert (
             main(["run", "--store", str(folder / "s.zarr"), *sets(tiny_overrides())])
             == 2
         )
-        assert "not writable" in capsys.readouterr().err
-    finally:
-        folder.chmod(0o755)
+    assert "not writable" in capsys.readouterr().err
+    assert list(folder.iterdir()) == []
 
 
 def test_cli_workers_flag_runs_on_a_local_cluster(
@@ -287,6 +309,23 @@ def test_missing_resume_slot_is_damage(tmp_path: Path, capsys) -> None:
     before = tree_digest(store)
     assert rerun(store) == 2
     assert "resume_W2/c/" in capsys.readouterr().err
+    assert tree_digest(store) == before
+
+
+def test_read_only_incomplete_store_is_refused_untouched(
+    tmp_path: Path, capsys
+) -> None:
+    store = tmp_path / "ro.zarr"
+    stop = interrupt_after(2)
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
+    before = tree_digest(store)
+    folders = [store, *(p for p in store.rglob("*") if p.is_dir())]
+    with contextlib.ExitStack() as stack:
+        for folder in folders:
+            stack.enter_context(read_only(folder))
+        assert rerun(store) == 2
+    assert "not writable" in capsys.readouterr().err
     assert tree_digest(store) == before
 
 
