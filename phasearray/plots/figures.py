@@ -191,7 +191,12 @@ def fig6_eigenvalue_flows(ds: xr.Dataset, r: dict[str, Any]) -> Figure:
     return fig
 
 
-_FAINT_FLOW: dict[str, Any] = {"colors": "lightsteelblue", "lw": 0.5, "alpha": 0.5, "zorder": 1}
+_FAINT_FLOW: dict[str, Any] = {
+    "colors": "lightsteelblue",
+    "lw": 0.5,
+    "alpha": 0.5,
+    "zorder": 1,
+}
 _FIRST_FLOW: dict[str, Any] = {"colors": "navy", "lw": 0.9, "alpha": 0.9, "zorder": 2}
 
 
