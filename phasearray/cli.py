@@ -299,12 +299,12 @@ class _ProgressBar:
 
 def _write_figures(store: Path, folder: Path) -> None:
     from .plots import write_figures
-    from .plots.beyond import write_beyond_figures
+    from .plots.beyond import has_beyond_figures, write_beyond_figures
     from .store import open_sweep
 
     ds = open_sweep(store)
     paths = write_figures(ds, folder)
-    if "lyapunov" in ds.data_vars:
+    if has_beyond_figures(ds):
         paths += write_beyond_figures(ds, folder)
     print(f"figures: {folder} ({len(paths)} files)")
     for path in paths:

@@ -65,11 +65,11 @@ def _add_plot(subparsers: Any) -> None:
 def plot_command(args: argparse.Namespace) -> int:
     """Write the figures; print one path per line.
 
-    A study folder gets the figures that compare its variants; a store with
-    a Lyapunov exponent also gets the chaos figures.
+    A study folder gets the figures that compare its variants; a store also
+    gets the one-particle figure and, with a Lyapunov exponent, the chaos one.
     """
     from .plots import write_figures
-    from .plots.beyond import write_beyond_figures
+    from .plots.beyond import has_beyond_figures, write_beyond_figures
 
     folder = args.out or default_figure_folder(args.store)
     try:
@@ -80,7 +80,7 @@ def plot_command(args: argparse.Namespace) -> int:
             paths = write_figures(
                 ds, folder, figures=args.figures, convention=args.convention
             )
-            if "lyapunov" in ds.data_vars and not args.figures:
+            if has_beyond_figures(ds) and not args.figures:
                 paths += write_beyond_figures(ds, folder, convention=args.convention)
     except (PhasearrayError, OSError) as error:
         return _fail(error)

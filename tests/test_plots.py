@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -129,6 +130,15 @@ def test_plot_command_writes_to_the_default_folder(small, tmp_path, capsys) -> N
     expected = tmp_path / "sweep-figures" / "fig2_test_loss_map.png"
     assert capsys.readouterr().out.splitlines() == [str(expected)]
     assert _is_png(expected)
+
+
+def test_plot_command_writes_every_figure_of_a_store(small, tmp_path, capsys) -> None:
+    store = tmp_path / "sweep.zarr"
+    _store(small, store)
+    assert _run(["plot", str(store), "--out", str(tmp_path / "all")]) == 0
+    written = [Path(line).name for line in capsys.readouterr().out.splitlines()]
+    assert written == [f"{name}.png" for name in FIGURES] + ["beyond_one_particle.png"]
+    assert all(_is_png(tmp_path / "all" / name) for name in written)
 
 
 def test_phases_command_prints_labels_and_recommendation(small, tmp_path, capsys):

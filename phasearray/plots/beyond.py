@@ -28,6 +28,7 @@ from . import _draw as draw
 __all__ = [
     "chaos_figure",
     "finite_size_figure",
+    "has_beyond_figures",
     "one_particle_figure",
     "scaling_figure",
     "variants_figure",
@@ -95,6 +96,15 @@ def write_beyond_figures(
         logger.debug("wrote %s", path)
         paths.append(path)
     return paths
+
+
+def has_beyond_figures(ds: xr.Dataset) -> bool:
+    """Whether a store gives figures beyond the paper's.
+
+    The one-particle figure needs the training inputs (for the DBM
+    coefficients), the chaos figure a recorded Lyapunov exponent.
+    """
+    return "lyapunov" in ds.data_vars or {"W2", "x_train"} <= set(ds.data_vars)
 
 
 def _is_study(target: Any) -> bool:
