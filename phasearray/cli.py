@@ -55,12 +55,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    except Exception as error:
+        if not _raised_by_a_codec(error):
+            raise
+        print(
+            f"phasearray: error: a chunk of the store cannot be decoded "
+            f"({type(error).__name__}: {error}); the store is damaged: "
+            "'phasearray info --check STORE' names every such chunk",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(
             "phasearray: interrupted; run the same command again to resume",
             file=sys.stderr,
         )
         return 130
+
+
+def _raised_by_a_codec(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside a Zarr codec: a cut-off or altered chunk."""
+    frame = error.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    where = "/" + frame.tb_frame.f_code.co_filename.replace("\\", "/")
+    return "/numcodecs/" in where or "/zarr/codecs/" in where
 
 
 def _one_line_warning(message: Any, category: Any, *_: Any, **__: Any) -> str:
@@ -326,16 +347,27 @@ def _write_study_figures(root: Path, folder: Path) -> None:
 def _add_info(subparsers: Any) -> None:
     info = subparsers.add_parser("info", help="say what a store holds")
     info.add_argument("store", type=Path)
+    info.add_argument(
+        "--check",
+        action="store_true",
+        help="also read and decode every chunk (reads the whole store)",
+    )
     info.set_defaults(handler=_info)
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .store import store_summary
+    from .store import damaged_chunks, store_summary
 
     summary = store_summary(args.store)
     for line in _info_lines(summary):
         print(line)
-    return EXIT_OK
+    if not args.check:
+        return EXIT_OK
+    damaged = damaged_chunks(args.store)
+    for key, reason in damaged:
+        print(f"damaged      {key}: {reason}")
+    print(f"chunks       {'all decode' if not damaged else f'{len(damaged)} damaged'}")
+    return EXIT_BAD_INPUT if damaged else EXIT_OK
 
 
 def _info_lines(summary: dict[str, Any]) -> list[str]:

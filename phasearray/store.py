@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -631,10 +631,14 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
         for f in path.rglob("*")
         if f.is_file() and "/c/" in f.as_posix()
     }
+    for name in _ENSEMBLE_VARS:
+        _require_every_chunk(path, present, name, arrays[name])
     keep_W2 = pipeline.W2_checkpoints
     for block in stored_blocks(path, pipeline):
-        per_t = done[block.slices].reshape(-1, done.shape[-1]).all(axis=0)
+        per_t = np.asarray(done[block.slices].reshape(-1, done.shape[-1]).all(axis=0))
         n_done = int(np.cumprod(per_t).sum())
+        if per_t[n_done:].any():
+            _gap(path, block, pipeline.checkpoints, n_done)
         for k in np.flatnonzero(per_t):
             for name in _checkpoint_vars(pipeline):
                 if name in WEIGHTS and not keep_W2[k]:
@@ -650,6 +654,47 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
             for name in _resume_vars(pipeline):
                 key = _resume_key(name, arrays[name], block, (n_done - 1) % 2)
                 _require(path, present, key, block, pipeline.checkpoints[n_done - 1])
+                _require_decodable(path, arrays[name], key, block)
+
+
+def _gap(path: Path, block: Block, t: np.ndarray, n_done: int) -> None:
+    """A checkpoint marked done after one that is not: the done mask is damaged.
+
+    Checkpoints complete in order, so resuming from such a mask would restart
+    from the wrong resume slot and overwrite good data.
+    """
+    raise StoreError(
+        f"store {str(path)!r} is damaged: block {block.index} is marked done at a "
+        f"later checkpoint but not at t = {int(t[n_done])} (a chunk of 'done' is "
+        "missing or altered); restore the store from a copy or start a new one"
+    )
+
+
+def _require_every_chunk(path: Path, present: set[str], name: str, array: Any) -> None:
+    """Arrays written whole at creation (teachers, data sets) have every chunk."""
+    chunks = array.metadata.chunk_grid.chunk_shape
+    counts = [-(-n // c) for n, c in zip(array.shape, chunks, strict=True)]
+    for index in np.ndindex(*counts):
+        key = "/".join([name, "c", *map(str, index)])
+        if key not in present:
+            raise StoreError(
+                f"store {str(path)!r} is damaged: chunk {key!r} of {name!r} (written "
+                "when the store was made) is missing; restore the store from a copy "
+                "or start a new one"
+            )
+
+
+def _require_decodable(path: Path, array: Any, key: str, block: Block) -> None:
+    """Read a resume slot's chunk whole: a truncated file fails here, not mid-run."""
+    index = [int(i) for i in key.split("/c/")[1].split("/")]
+    try:
+        array[_chunk_region(array, index)]
+    except Exception as error:  # codecs raise their own kinds on a cut-off chunk
+        raise StoreError(
+            f"store {str(path)!r} is damaged: chunk {key!r} (the resume state of "
+            f"block {block.index}) cannot be read ({type(error).__name__}: {error}); "
+            "restore the store from a copy or start a new one"
+        ) from None
 
 
 def _require(path: Path, present: set[str], key: str, block: Block, t: int) -> None:
@@ -676,6 +721,42 @@ def _chunk_key(name: str, array: Any, block: Block, k: int) -> str:
     index = [s.start // c for s, c in zip(block.slices, chunks[:3], strict=True)]
     index += [k] + [0] * (array.ndim - 4)
     return "/".join([name, "c", *map(str, index)])
+
+
+def damaged_chunks(path: str | Path) -> list[tuple[str, str]]:
+    """Every stored chunk that cannot be read and decoded, with the reason.
+
+    Reads the whole store, one chunk at a time.
+
+    Returns
+    -------
+    list of (str, str)
+        Chunk key (``name/c/i/j/…``) and the decoder's message; empty for a
+        sound store.
+    """
+    path = Path(path)
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    damaged = []
+    for name, array in sorted(group.arrays()):
+        for file in sorted((path / name / "c").rglob("*")):
+            if not file.is_file():
+                continue
+            index = [int(i) for i in file.relative_to(path / name / "c").parts]
+            try:
+                array[_chunk_region(array, index)]
+            except Exception as error:  # each codec fails in its own way
+                key = "/".join([name, "c", *map(str, index)])
+                damaged.append((key, f"{type(error).__name__}: {error}"))
+    return damaged
+
+
+def _chunk_region(array: Any, index: Sequence[int]) -> tuple[slice, ...]:
+    """The array region of the chunk at grid position ``index``."""
+    chunks = array.metadata.chunk_grid.chunk_shape
+    return tuple(
+        slice(i * c, min((i + 1) * c, n))
+        for i, c, n in zip(index, chunks, array.shape, strict=True)
+    )
 
 
 def completion(path: str | Path, blocks: list[Block]) -> np.ndarray:

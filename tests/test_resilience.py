@@ -160,6 +160,65 @@ def test_missing_chunk_is_reported_and_nothing_changes(store: Path, capsys) -> N
     assert main(["info", str(store)]) == 2
 
 
+def test_gap_in_the_done_mask_is_damage(store: Path, capsys) -> None:
+    # Resuming from it would restart block 0 from the wrong slot and overwrite
+    # good checkpoints.
+    (store / "done" / "c" / "0" / "0" / "0" / "1").unlink()
+    before = tree_digest(store)
+    assert rerun(store) == 2
+    err = capsys.readouterr().err
+    assert "block 0 is marked done at a later checkpoint but not at t = 1" in err
+    assert tree_digest(store) == before
+
+
+def test_missing_chunk_of_the_data_set_is_damage(store: Path, capsys) -> None:
+    (store / "x_train" / "c" / "0" / "0" / "0").unlink()
+    before = tree_digest(store)
+    assert main(["info", str(store)]) == 2
+    assert "chunk 'x_train/c/0/0/0' of 'x_train'" in capsys.readouterr().err
+    assert rerun(store) == 2
+    assert tree_digest(store) == before
+
+
+def test_truncated_resume_slot_is_damage(tmp_path: Path, capsys) -> None:
+    store = tmp_path / "r.zarr"
+    stop = interrupt_after(2)
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
+    slots = [p for p in sorted((store / "resume_W2" / "c").rglob("*")) if p.is_file()]
+    for slot in slots:
+        slot.write_bytes(slot.read_bytes()[:20])
+    before = tree_digest(store)
+    assert rerun(store) == 2
+    err = capsys.readouterr().err
+    assert "is damaged: chunk 'resume_W2/c/" in err and "cannot be read" in err
+    assert tree_digest(store) == before
+
+
+def test_cut_off_data_chunk_is_named_and_exits_2(store: Path, capsys) -> None:
+    # the last checkpoint, which the figures read
+    chunk = max((store / "test_loss" / "c" / "0" / "0" / "0").iterdir(), key=_number)
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    before = tree_digest(store)
+
+    assert main(["plot", str(store), "--out", str(store.parent / "figures")]) == 2
+    assert "a chunk of the store cannot be decoded" in capsys.readouterr().err
+    assert main(["info", "--check", str(store)]) == 2
+    out = capsys.readouterr().out
+    assert f"damaged      test_loss/c/0/0/0/{chunk.name}: RuntimeError" in out
+    assert "chunks       1 damaged" in out
+    assert tree_digest(store) == before
+
+
+def _number(path: Path) -> int:
+    return int(path.name)
+
+
+def test_info_check_passes_a_sound_store(store: Path, capsys) -> None:
+    assert main(["info", "--check", str(store)]) == 0
+    assert "chunks       all decode" in capsys.readouterr().out
+
+
 def test_truncated_array_metadata(store: Path, capsys) -> None:
     meta = store / "eigenvalues" / "zarr.json"
     meta.write_text(meta.read_text()[:40])
