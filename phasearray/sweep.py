@@ -86,7 +86,7 @@ def run_sweep(
         The store exists but was made from another pipeline.
     """
     start = time.perf_counter()
-    path = Path(path)
+    path = Path(path).absolute()  # dask workers may run in another folder
     engine_name = resolve_engine_name(
         engine or pipeline.engine.name, pipeline.model.trainable, pipeline.engine_shape
     )

@@ -323,6 +323,21 @@ def test_cli_workers_flag_runs_on_a_local_cluster(
     assert_same_store(store, uninterrupted)
 
 
+def test_scheduler_flag_joins_a_running_cluster_from_another_folder(
+    tmp_path: Path, uninterrupted: Path, monkeypatch, capsys
+) -> None:
+    from distributed import LocalCluster
+
+    # The workers start in this folder; the run then names its store relative
+    # to another one.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        monkeypatch.chdir(tmp_path)
+        argv = ["run", "--store", "rel.zarr", "--scheduler", cluster.scheduler_address]
+        assert main([*argv, "--no-figures", *sets(LONGER)]) == 0
+    assert "dask: <Client" in capsys.readouterr().out
+    assert_same_store(tmp_path / "rel.zarr", uninterrupted)
+
+
 def test_unreachable_scheduler_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
