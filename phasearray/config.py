@@ -423,7 +423,7 @@ def _read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read pipeline {str(path)!r}: {error}") from None
     try:
-        return yaml.safe_load(text)
+        return _yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(
             f"pipeline {str(path)!r} is not valid YAML: {error}"

@@ -116,6 +116,19 @@ def test_bad_values_name_field_value_and_allowed(
     assert message in str(info.value)
 
 
+def test_file_and_override_read_numbers_alike(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-6 (no dot) as a string; files and --set both use 1.2.
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "grid: {T: [0.5], sigma_W: [1.0], seeds: 1}\n"
+        "record: {lyapunov: true, lyapunov_perturbation: 1e-6}\n"
+    )
+    from_file = load_pipeline(path)
+    assert from_file.record.lyapunov_perturbation == 1e-6
+    overridden = load_pipeline(path, ["record.lyapunov_perturbation=1e-6"])
+    assert overridden.fingerprint() == from_file.fingerprint()
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError, match=r"pipeline file not found: .*nope\.yaml.*quick"
