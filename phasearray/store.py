@@ -549,9 +549,14 @@ class BlockWriter:
                 f"cannot open store {str(path)!r} for writing: {error}"
             ) from None
         self.block = block
+        self._checked: dict[str, zarr.Array] = {}
 
     def _array(self, name: str) -> zarr.Array:
-        return _array(self._group, name)
+        if name not in self._checked:
+            array = _array(self._group, name)
+            _check_whole_chunks(name, array, self.block)
+            self._checked[name] = array
+        return self._checked[name]
 
     def completed(self) -> np.ndarray:
         """Per checkpoint: is every model of the block done? dims (t,)."""
@@ -589,6 +594,34 @@ class BlockWriter:
                 self._array("resume_twin")[slot] = values["twin_W2"]
             done = np.ones((*self.block.shape, 1), dtype=bool)
             self._array("done")[region] = done
+
+
+def _check_whole_chunks(name: str, array: zarr.Array, block: Block) -> None:
+    """Refuse a write that would cover part of a chunk.
+
+    A partial-chunk region written by two tasks at once loses one of them
+    silently, so every region a block writes must be whole chunks: its
+    (T, sigma_W, seed) slices start on chunk edges and span one chunk (or end
+    at the array's edge), checkpoints are one chunk each, and trailing dims
+    are not split.
+    """
+    lead = 1 if name.startswith("resume_") else 0  # the slot dim
+    chunks = array.metadata.chunk_grid.chunk_shape  # type: ignore[attr-defined]
+    shape = array.shape
+    for axis, region in enumerate(block.slices, start=lead):
+        start, stop, chunk = region.start, region.stop, chunks[axis]
+        if start % chunk or (stop - start != chunk and stop != shape[axis]):
+            raise StoreError(
+                f"block {block.index} covers {start}:{stop} of {name!r} along "
+                f"{MODEL_DIMS[axis - lead]}, not whole chunks of {chunk}; "
+                "refusing a write that could lose data"
+            )
+    rest = range(lead + 3 + (0 if lead else 1), len(shape))
+    if (lead == 0 and chunks[3] != 1) or any(chunks[i] != shape[i] for i in rest):
+        raise StoreError(
+            f"array {name!r} has chunks {tuple(chunks)}; a block's checkpoint must "
+            "be whole chunks (one checkpoint per chunk, trailing dims unsplit)"
+        )
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array:

@@ -148,3 +148,23 @@ def test_W2_kept_only_where_asked(tmp_path: Path) -> None:
     assert np.isnan(ds.W2.isel(t=1)).all() and np.isfinite(ds.W2.isel(t=-1)).all()
     full = run(tmp_path, "full").load()
     np.testing.assert_array_equal(ds.W2.isel(t=-1), full.W2.isel(t=-1))
+
+
+def test_a_region_that_splits_chunks_is_refused(tmp_path: Path) -> None:
+    from test_cli import tree_digest
+
+    from phasearray.errors import StoreError
+    from phasearray.store import Block, BlockWriter, read_attrs
+
+    pipeline = load_pipeline("quick", tiny_overrides())
+    store = tmp_path / "s.zarr"
+    pa.run_sweep(pipeline, store)
+    assert tuple(read_attrs(store)["block_shape"]) == (1, 2, 2)  # 4 models a block
+    before = tree_digest(store)
+
+    half = Block(0, {"T": slice(0, 1), "sigma_W": slice(0, 1), "seed": slice(0, 2)})
+    with pytest.raises(StoreError, match=r"covers 0:1 of 'W2' along sigma_W"):
+        BlockWriter(store, half).write_checkpoint(
+            1, {"W2": np.zeros((1, 1, 2, 16, 32))}, keep_W2=True
+        )
+    assert tree_digest(store) == before
