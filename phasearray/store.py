@@ -370,12 +370,25 @@ def store_attrs(pipeline: Pipeline, engine: str) -> dict[str, Any]:
     }
 
 
-def _git_revision() -> str:
-    """The package's git commit when it runs from a checkout, else "unknown"."""
-    folder = Path(__file__).resolve().parent
+def _git_revision(module_file: str | Path = __file__) -> str:
+    """The package's git commit when it runs from its own checkout, else "unknown".
+
+    Only a repository that tracks this very file counts: a package installed
+    into a virtualenv inside some other checkout records "unknown", not that
+    checkout's commit.
+    """
+    folder = Path(module_file).resolve().parent
+    tracked = _git(folder, "ls-files", "--error-unmatch", Path(module_file).name)
+    if tracked is None:
+        return "unknown"
+    return _git(folder, "describe", "--always", "--dirty", "--abbrev=40") or "unknown"
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """Output of a git command run in ``folder``, or None where it fails."""
     try:
         result = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            ["git", *args],
             cwd=folder,
             capture_output=True,
             text=True,
@@ -383,8 +396,8 @@ def _git_revision() -> str:
             check=True,
         )
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() or "unknown"
+        return None
+    return result.stdout.strip()
 
 
 def _encoding(template: xr.Dataset, pipeline: Pipeline) -> dict[str, dict[str, Any]]:

@@ -168,3 +168,24 @@ def test_a_region_that_splits_chunks_is_refused(tmp_path: Path) -> None:
             1, {"W2": np.zeros((1, 1, 2, 16, 32))}, keep_W2=True
         )
     assert tree_digest(store) == before
+
+
+def test_git_revision_only_of_a_checkout_that_tracks_the_package(tmp_path: Path):
+    import subprocess
+
+    from phasearray.store import _git_revision
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", *args], cwd=tmp_path, check=True, text=True,
+                             capture_output=True)  # fmt: skip
+        return run.stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "tracked.py").write_text("")
+    git("add", "tracked.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / "store.py").write_text("")  # an install inside a checkout
+
+    assert _git_revision(tmp_path / "tracked.py") == git("rev-parse", "HEAD")
+    assert _git_revision(tmp_path / "venv" / "store.py") == "unknown"
