@@ -198,7 +198,18 @@ def _open(path: Path) -> Any:
 
     from .store import open_sweep
 
-    return open_sweep(path)
+    ds = open_sweep(path)
+    if "done" in ds.data_vars:
+        finished = ds["done"].isel(t=-1).values  # a small boolean read
+        if not finished.all():
+            print(
+                f"phasearray: warning: store {str(path)!r} is incomplete "
+                f"({int(finished.sum())} of {finished.size} models done): models "
+                "not yet at the last checkpoint show as NaN; run the same "
+                "'phasearray run' command again to finish it",
+                file=sys.stderr,
+            )
+    return ds
 
 
 def _fail(error: Exception) -> int:

@@ -403,6 +403,18 @@ def test_read_only_incomplete_store_is_refused_untouched(
     assert tree_digest(store) == before
 
 
+def test_plot_of_an_incomplete_store_says_so(tmp_path: Path, capsys) -> None:
+    store = tmp_path / "half.zarr"
+    stop = interrupt_after(2)
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
+    figures = tmp_path / "figures"
+    argv = ["plot", str(store), "--out", str(figures), "--figure", "fig2_test_loss_map"]
+    assert main(argv) == 0
+    assert "is incomplete (0 of 8 models done)" in capsys.readouterr().err
+    assert (figures / "fig2_test_loss_map.png").is_file()
+
+
 def test_resume_with_another_engine_warns(tmp_path: Path) -> None:
     from phasearray.errors import PhasearrayWarning
 
