@@ -13,8 +13,10 @@ few is the least disturbed.
 
 One model-step is one SGD step of one student: 4 |B| n1 n2 = 8192 flop at the
 default sizes (forward W2 φ1 and the gradient sum, multiply and add counted
-apart). At the 98 GFLOP/s of dgemm on the reference machine that caps the rate
-at ~1.2e7 model-steps/s in float64; float32 is taken to allow twice as much.
+apart). The limit is the rate of a large NumPy matmul measured at the start of
+the same run (dgemm for float64, sgemm for float32): at 98 GFLOP/s of dgemm it
+caps the rate at ~1.2e7 model-steps/s. ``fraction_of_limit`` is the engine's
+flop rate over that matmul rate.
 
 Printed lines, ``key=value`` separated by spaces::
 
@@ -58,8 +60,7 @@ SIGMA_W_GRID = 2.0 ** np.arange(-3, 9)
 SEEDS = 10
 N_TRAIN, N_TEST, BATCH_SIZE = 4000, 128, 4
 
-# Reference limits in GFLOP/s (dgemm on the reference machine; float32 twice).
-LIMIT_GFLOPS = {"float64": 98.0, "float32": 196.0}
+DTYPES = ("float64", "float32")
 FLOP_PER_STEP = 4 * BATCH_SIZE * WIDTHS[1] * WIDTHS[2]
 
 # Steps run before timing, so that compilation and caches are warm.
@@ -212,8 +213,11 @@ def matmul_gflops(dtype: str, n: int = 1500, repeats: int = 3) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def engine_line(name: str, dtype: str, rate: float, peer: float, **extra: Any) -> str:
-    limit = LIMIT_GFLOPS[dtype] * 1e9 / FLOP_PER_STEP
+def engine_line(
+    name: str, dtype: str, rate: float, peer: float, gflops: float, **extra: Any
+) -> str:
+    """One printed line; ``gflops`` is the matmul rate that sets the limit."""
+    limit = gflops * 1e9 / FLOP_PER_STEP
     fields = {
         "engine": name,
         "dtype": dtype,
@@ -283,7 +287,7 @@ def engine_names(choice: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    unknown = sorted(set(dtypes) - set(LIMIT_GFLOPS))
+    unknown = sorted(set(dtypes) - set(DTYPES))
     if unknown:
         print(f"unknown dtypes {unknown}; choose float64 and/or float32", flush=True)
         return 2
@@ -291,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer_path = args.peer or default_peer_path()
 
     threads = _threads(args.threads)
-    gflops = {d: matmul_gflops(d) for d in ("float64", "float32")}
+    gflops = {d: matmul_gflops(d) for d in DTYPES}
     print(
         f"machine dgemm_gflops={gflops['float64']:.3g} "
         f"sgemm_gflops={gflops['float32']:.3g} threads={threads}",
@@ -311,7 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"engine=peer_torch dtype={dtype} skipped ({reason})", flush=True)
         else:
             line = engine_line(
-                "peer_torch", dtype, peer, peer, models=M, steps=args.peer_steps
+                "peer_torch",
+                dtype,
+                peer,
+                peer,
+                gflops[dtype],
+                models=M,
+                steps=args.peer_steps,
             )
             print(line, flush=True)
         for name in names:
@@ -322,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dtype,
                 rate,
                 peer,
+                gflops[dtype],
                 model_steps_per_cpu_s=f"{cpu_rate:.4g}",
                 models=M,
                 steps=args.steps,
