@@ -149,11 +149,12 @@ def test_auto_picks_the_numba_engine_on_the_cpu() -> None:
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_float32_follows_the_float64_reference(activation: str) -> None:
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_float32_follows_the_float64_reference(schedule: str, activation: str) -> None:
     # The identity network at T = 0.125 overflows float32 within 100 steps (and
     # diverges in float64 by step 1000), so it is compared at T = 2^-5 only.
     T = [2.0**-5] if activation == "identity" else [2.0**-5, 0.125]
-    problem, W2 = grid_problem("iid", activation, T, [0.125, 64.0])
+    problem, W2 = grid_problem(schedule, activation, T, [0.125, 64.0])
     reference = run("numpy", problem, W2, 100)
     problem32 = SGDProblem(**{**problem.__dict__, "dtype": "float32"})
     W2_32 = run("numba", problem32, W2, 100)

@@ -537,8 +537,9 @@ def test_gpu_engines_are_refused_without_a_gpu(name) -> None:
 @requires_gpu
 @pytest.mark.parametrize("name", ["cupy", "cupy-fused"])
 @pytest.mark.parametrize("cells", [ORDERED, JAMMED], ids=["ordered", "jammed"])
-def test_gpu_engine_matches_numpy_engine(name, cells) -> None:
-    problem, W2 = make_problem(cells, n_train=4000)
+@pytest.mark.parametrize("schedule", ["sequential", "shuffle", "iid"])
+def test_gpu_engine_matches_numpy_engine(name, cells, schedule) -> None:
+    problem, W2 = make_problem(cells, n_train=4000, schedule=schedule)
     reference = train(get_engine("numpy"), problem, W2, 1000)
     on_gpu = train(get_engine(name), problem, W2, 1000)
     assert_close_per_member(on_gpu, reference, RTOL["float64"])

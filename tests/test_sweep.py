@@ -103,9 +103,11 @@ def test_fresh_teachers_per_cell(tmp_path: Path) -> None:
     )
 
 
-def test_any_block_split_gives_identical_stores(tmp_path: Path) -> None:
-    a = run(tmp_path, "a", **{"engine.block_models": "1"}).load()
-    b = run(tmp_path, "b", **{"engine.block_models": "8"}).load()
+@pytest.mark.parametrize("engine", ["numpy", "numba"])
+def test_any_block_split_gives_identical_stores(tmp_path: Path, engine: str) -> None:
+    a = run(tmp_path, "a", **{"engine.block_models": "1", "engine.name": engine})
+    b = run(tmp_path, "b", **{"engine.block_models": "8", "engine.name": engine})
+    a, b = a.load(), b.load()
     assert (
         len(
             plan_blocks(
@@ -117,9 +119,10 @@ def test_any_block_split_gives_identical_stores(tmp_path: Path) -> None:
     assert_same_values(a, b)
 
 
-def test_interrupted_run_resumes_bit_identically(tmp_path: Path) -> None:
-    whole = run(tmp_path, "whole").load()
-    pipeline = load_pipeline("quick", tiny_overrides())
+@pytest.mark.parametrize("engine", ["numpy", "numba"])
+def test_interrupted_run_resumes_bit_identically(tmp_path: Path, engine: str) -> None:
+    whole = run(tmp_path, "whole", **{"engine.name": engine}).load()
+    pipeline = load_pipeline("quick", tiny_overrides(**{"engine.name": engine}))
     path = tmp_path / "cut.zarr"
 
     with pytest.raises(KeyboardInterrupt):
