@@ -201,7 +201,7 @@ def _train(args: argparse.Namespace, pipeline: Any, store: Path, client: Any) ->
         )
     rate = result.model_steps / max(result.seconds, 1e-9)
     print(
-        f"store: {result.path} ({result.blocks_run} of {result.blocks_total} blocks run "
+        f"store: {store} ({result.blocks_run} of {result.blocks_total} blocks run "
         f"with engine {result.engine}, {rate:.3g} model-steps/s)"
     )
 
