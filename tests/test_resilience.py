@@ -159,6 +159,17 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def interrupted(tmp_path: Path) -> Path:
+    """A tiny sweep stopped after its second progress report: partly done."""
+    store = tmp_path / "half.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        pa.run_sweep(
+            load_pipeline("quick", tiny_overrides()), store, progress=interrupt_after(2)
+        )
+    return store
+
+
 def rerun(store: Path) -> int:
     return main(["run", "--store", str(store), "--no-figures", *sets(tiny_overrides())])
 
@@ -193,11 +204,8 @@ def test_missing_chunk_of_the_data_set_is_damage(store: Path, capsys) -> None:
     assert tree_digest(store) == before
 
 
-def test_truncated_resume_slot_is_damage(tmp_path: Path, capsys) -> None:
-    store = tmp_path / "r.zarr"
-    stop = interrupt_after(2)
-    with pytest.raises(KeyboardInterrupt):
-        pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
+def test_truncated_resume_slot_is_damage(interrupted: Path, capsys) -> None:
+    store = interrupted
     slots = [p for p in sorted((store / "resume_W2" / "c").rglob("*")) if p.is_file()]
     for slot in slots:
         slot.write_bytes(slot.read_bytes()[:20])
@@ -385,11 +393,8 @@ def test_resume_with_another_block_size_keeps_the_stores_chunks(
     assert_same_store(store, uninterrupted)
 
 
-def test_missing_resume_slot_is_damage(tmp_path: Path, capsys) -> None:
-    store = tmp_path / "r.zarr"
-    stop = interrupt_after(2)
-    with pytest.raises(KeyboardInterrupt):
-        pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
+def test_missing_resume_slot_is_damage(interrupted: Path, capsys) -> None:
+    store = interrupted
     slots = sorted((store / "resume_W2" / "c").rglob("*"))
     for path in (p for p in slots if p.is_file()):
         path.unlink()
@@ -400,12 +405,9 @@ def test_missing_resume_slot_is_damage(tmp_path: Path, capsys) -> None:
 
 
 def test_read_only_incomplete_store_is_refused_untouched(
-    tmp_path: Path, capsys
+    interrupted: Path, capsys
 ) -> None:
-    store = tmp_path / "ro.zarr"
-    stop = interrupt_after(2)
-    with pytest.raises(KeyboardInterrupt):
-        pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
+    store = interrupted
     before = tree_digest(store)
     folders = [store, *(p for p in store.rglob("*") if p.is_dir())]
     with contextlib.ExitStack() as stack:
@@ -416,12 +418,9 @@ def test_read_only_incomplete_store_is_refused_untouched(
     assert tree_digest(store) == before
 
 
-def test_plot_of_an_incomplete_store_says_so(tmp_path: Path, capsys) -> None:
-    store = tmp_path / "half.zarr"
-    stop = interrupt_after(2)
-    with pytest.raises(KeyboardInterrupt):
-        pa.run_sweep(load_pipeline("quick", tiny_overrides()), store, progress=stop)
-    figures = tmp_path / "figures"
+def test_plot_of_an_incomplete_store_says_so(interrupted: Path, capsys) -> None:
+    store = interrupted
+    figures = store.parent / "figures"
     argv = ["plot", str(store), "--out", str(figures), "--figure", "fig2_test_loss_map"]
     assert main(argv) == 0
     assert "is incomplete (0 of 8 models done)" in capsys.readouterr().err
