@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -148,8 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     from .engines import get_engine, resolve_engine_name
 
     pipeline = load_pipeline(args.pipeline, args.overrides)
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers: got {args.workers}; must be at least 1")
+    _check_workers(args.workers)
     # The engine is settled before anything is created or claimed on disk.
     engines = {
         resolve_engine_name(
@@ -173,6 +173,24 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_figures:
         _write_figures(store, args.figures or store.with_name(store.stem + "-figures"))
     return EXIT_OK
+
+
+# Worker processes per core that --workers accepts: each is a Python process
+# of ~150 MB, and more than a few per core only wait for each other.
+WORKERS_PER_CORE = 4
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is None:
+        return
+    cores = os.cpu_count() or 1
+    most = WORKERS_PER_CORE * cores
+    if not 1 <= workers <= most:
+        raise ConfigError(
+            f"--workers: got {workers}; must be between 1 and {most} "
+            f"({WORKERS_PER_CORE} per core of the {cores} here; one per core is "
+            "usual). For more machines, start a dask cluster and use --scheduler"
+        )
 
 
 def _complete(store: Path, pipeline: Any) -> bool:
@@ -261,7 +279,6 @@ class _client:
 
 def _local_cluster(workers: int, engine: str | None) -> Any:
     """N worker processes; GPU engines get one dask-cuda worker per GPU instead."""
-    import os
 
     from distributed import LocalCluster
 

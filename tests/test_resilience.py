@@ -439,6 +439,19 @@ def test_resume_with_another_engine_warns(tmp_path: Path) -> None:
         pa.run_sweep(pipeline, store, engine="numba")
 
 
+@pytest.mark.parametrize("workers", ["0", "-3", "1000"])
+def test_worker_counts_outside_the_machine_exit_2(
+    tmp_path: Path, capsys, workers: str
+) -> None:
+    store = tmp_path / "w.zarr"
+    argv = ["run", "--store", str(store), "--workers", workers]
+    assert main([*argv, "--no-figures", *sets(tiny_overrides())]) == 2
+    cores = os.cpu_count() or 1
+    expected = f"--workers: got {workers}; must be between 1 and {4 * cores}"
+    assert expected in capsys.readouterr().err
+    assert not store.exists()
+
+
 def test_unknown_engine_and_bad_scheduler_exit_2(tmp_path: Path, capsys) -> None:
     store = tmp_path / "x.zarr"
     with pytest.raises(SystemExit) as info:
