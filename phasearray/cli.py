@@ -279,7 +279,6 @@ class _client:
 
 def _local_cluster(workers: int, engine: str | None) -> Any:
     """N worker processes; GPU engines get one dask-cuda worker per GPU instead."""
-
     from distributed import LocalCluster
 
     if engine in ("cupy", "cupy-fused"):
