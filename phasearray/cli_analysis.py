@@ -196,9 +196,11 @@ def format_recommendation(advice: Any) -> str:
 def _open(path: Path) -> Any:
     import phasearray.analysis  # noqa: F401  (registers ds.phase)
 
-    from .store import open_sweep
+    from .store import check_sound, open_sweep
 
     ds = open_sweep(path)
+    if Path(path).is_dir():
+        check_sound(path)  # a missing chunk would otherwise read as NaN
     if "done" in ds.data_vars:
         finished = ds["done"].isel(t=-1).values  # a small boolean read
         if not finished.all():

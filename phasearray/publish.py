@@ -50,6 +50,7 @@ from .catalog import (
     write_json,
 )
 from .errors import ConfigError, PhasearrayWarning, StoreError
+from .store import check_sound
 
 __all__ = ["MANIFEST", "add_to_catalog", "pack_store", "publish", "verify"]
 
@@ -131,6 +132,8 @@ def publish(
     name = _check_name(name or store.name.removesuffix(".zarr"))
     _check_licence(license)
     _check_complete(ds, store, allow_incomplete)
+    if store.is_dir():
+        check_sound(store, decode=True)  # a published copy must not carry damage
     _prepare_out(out)
 
     zip_path = out / f"{name}.zarr.zip"

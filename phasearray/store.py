@@ -769,6 +769,35 @@ def _chunk_key(name: str, array: Any, block: Block, k: int) -> str:
     return "/".join([name, "c", *map(str, index)])
 
 
+def check_sound(path: str | Path, *, decode: bool = False) -> None:
+    """Refuse a damaged store before it is analysed or published.
+
+    Every chunk of a completed checkpoint and of the data sets must be on disk
+    (a missing one would read as NaN); with ``decode`` every stored chunk must
+    also decode (reads the whole store). Stores not made by ``phasearray
+    run`` (imported, synthetic, written by other tools: no resume state) are
+    only decoded.
+
+    Raises
+    ------
+    StoreError
+        Naming the first missing chunk, or every chunk that does not decode.
+    """
+    path = Path(path)
+    if (path / "resume_W2").is_dir():
+        check_integrity(path, read_pipeline(path))
+    if not decode:
+        return
+    damaged = damaged_chunks(path)
+    if damaged:
+        listed = "; ".join(f"{key} ({reason})" for key, reason in damaged[:5])
+        more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        raise StoreError(
+            f"store {str(path)!r} is damaged: {len(damaged)} chunks do not decode: "
+            f"{listed}{more}; restore the store from a copy"
+        )
+
+
 def damaged_chunks(path: str | Path) -> list[tuple[str, str]]:
     """Every stored chunk that cannot be read and decoded, with the reason.
 

@@ -235,6 +235,28 @@ def _number(path: Path) -> int:
     return int(path.name)
 
 
+def test_missing_chunk_stops_analysis_and_publishing(store: Path, capsys) -> None:
+    # zarr would read the missing chunk as NaN; nothing may be drawn from it
+    (store / "test_loss" / "c" / "1" / "0" / "0" / "2").unlink()
+    figures, bundle = store.parent / "figures", store.parent / "bundle"
+    assert main(["plot", str(store), "--out", str(figures)]) == 2
+    assert main(["phases", str(store)]) == 2
+    assert main(["publish", str(store), "--out", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("chunk 'test_loss/c/1/0/0/2' of a completed checkpoint") == 3
+    assert not figures.exists() and not bundle.exists()
+
+
+def test_garbled_chunk_is_not_published(store: Path, capsys) -> None:
+    chunk = store / "train_loss" / "c" / "0" / "0" / "0" / "1"
+    chunk.write_bytes(bytes(range(7, 47)))
+    bundle = store.parent / "bundle"
+    assert main(["publish", str(store), "--out", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert "1 chunks do not decode: train_loss/c/0/0/0/1 (" in err
+    assert not bundle.exists()
+
+
 def test_info_check_passes_a_sound_store(store: Path, capsys) -> None:
     assert main(["info", "--check", str(store)]) == 0
     assert "chunks       all decode" in capsys.readouterr().out
