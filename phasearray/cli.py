@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,6 +151,11 @@ def _run(args: argparse.Namespace) -> int:
 
     pipeline = load_pipeline(args.pipeline, args.overrides)
     _check_workers(args.workers)
+    if args.workers is not None and args.scheduler is not None:
+        raise ConfigError(
+            "--workers and --scheduler exclude each other: --workers starts a "
+            "local cluster, --scheduler joins a running one"
+        )
     # The engine is settled before anything is created or claimed on disk.
     engines = {
         resolve_engine_name(
@@ -258,12 +264,7 @@ class _client:
         from distributed import Client
 
         if self.args.scheduler is not None:
-            try:
-                self.client = Client(self.args.scheduler, timeout="5s")
-            except (OSError, TimeoutError, ValueError) as error:
-                raise ConfigError(
-                    f"--scheduler: cannot reach {self.args.scheduler!r}: {error}"
-                ) from None
+            self.client = _scheduler_client(self.args.scheduler)
         else:
             self.cluster = _local_cluster(self.args.workers, self.args.engine)
             self.client = Client(self.cluster)
@@ -275,6 +276,44 @@ class _client:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+# Seconds a scheduler has to answer: connecting and registering the client.
+SCHEDULER_TIMEOUT = 10.0
+
+
+def _scheduler_client(address: str) -> Any:
+    """A client of the dask scheduler at ``address``, or a ConfigError.
+
+    The client is made in a thread with a deadline: distributed's own timeout
+    covers the TCP connection only, and a port that accepts but does not speak
+    dask's protocol (a dashboard, a web server) would hang it for ever.
+    """
+    from distributed import Client
+
+    made: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            made["client"] = Client(address, timeout=f"{SCHEDULER_TIMEOUT}s")
+        except Exception as error:  # every failure is reported below
+            made["error"] = error
+
+    thread = threading.Thread(target=connect, name="phasearray-connect", daemon=True)
+    thread.start()
+    thread.join(SCHEDULER_TIMEOUT + 2)
+    if "client" in made:
+        return made["client"]
+    reason = made.get("error")
+    why = (
+        f"{type(reason).__name__}: {reason}"
+        if reason is not None
+        else f"no answer as a dask scheduler within {SCHEDULER_TIMEOUT:g} s"
+    )
+    raise ConfigError(
+        f"--scheduler: cannot reach {address!r} ({why}); give the address a "
+        "dask scheduler prints, e.g. tcp://host:8786"
+    )
 
 
 def _local_cluster(workers: int, engine: str | None) -> Any:

@@ -98,7 +98,7 @@ def test_a_figure_computes_only_what_it_draws(small, tmp_path) -> None:
         "fig2_test_loss_map.png",
         "fig5_feature_overlap_alignment.png",
     ]
-    with pytest.raises(AssertionError, match="(W2|eigenvalues) was computed"):
+    with pytest.raises(AssertionError, match=r"(W2|eigenvalues) was computed"):
         write_figures(ds, tmp_path, figures=["fig9_summary"])
 
 

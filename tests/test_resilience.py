@@ -382,8 +382,11 @@ def test_scheduler_flag_joins_a_running_cluster_from_another_folder(
 
 
 def test_unreachable_scheduler_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
+    import phasearray.cli
+
+    monkeypatch.setattr(phasearray.cli, "SCHEDULER_TIMEOUT", 1.0)
     store = tmp_path / "never.zarr"
     code = main(
         [
@@ -399,6 +402,42 @@ def test_unreachable_scheduler_exits_2(
     assert code == 2
     assert "cannot reach" in capsys.readouterr().err
     assert not store.exists()
+
+
+def test_scheduler_address_of_a_silent_server_exits_2(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # A port that accepts connections but never speaks dask's protocol (a web
+    # server, a dashboard) must not hang the run.
+    import socket
+    import threading
+
+    import phasearray.cli
+
+    monkeypatch.setattr(phasearray.cli, "SCHEDULER_TIMEOUT", 1.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(
+        target=lambda: accepted.append(server.accept()[0]), daemon=True
+    ).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    store = tmp_path / "never.zarr"
+    try:
+        argv = ["run", "--store", str(store), "--scheduler", address, "--no-figures"]
+        assert main([*argv, *sets(tiny_overrides())]) == 2
+    finally:
+        for connection in accepted:
+            connection.close()
+        server.close()
+    assert "no answer as a dask scheduler within 1 s" in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_workers_and_scheduler_together_exit_2(tmp_path: Path, capsys) -> None:
+    argv = ["run", "--store", str(tmp_path / "x.zarr"), "--workers", "2"]
+    argv += ["--scheduler", "tcp://127.0.0.1:9", *sets(tiny_overrides())]
+    assert main(argv) == 2
+    assert "--workers and --scheduler exclude each other" in capsys.readouterr().err
 
 
 def test_resume_with_another_block_size_keeps_the_stores_chunks(
