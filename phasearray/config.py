@@ -51,9 +51,32 @@ ENGINES = ("auto", "numpy", "numba", "cupy", "cupy-fused")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
+# Dims and coordinates every store has; a study's own dim must differ.
+STORE_DIMS = (
+    "T",
+    "sigma_W",
+    "seed",
+    "t",
+    "eigen",
+    "unit0",
+    "unit1",
+    "unit2",
+    "unit3",
+    "sample",
+    "test_sample",
+    "slot",
+    "inv_sigma_W",
+    "learning_rate",
+    "epoch",
+    "W2_recorded",
+)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+_LOG2_LIMIT = 64
 
 
 def _expand_axis(value: Any) -> Any:
@@ -69,6 +92,12 @@ def _expand_axis(value: Any) -> Any:
             raise ValueError(
                 f"log2 range must be two integers [first, last] with first <= last, "
                 f"got {bounds!r}"
+            )
+        if max(abs(b) for b in bounds) > _LOG2_LIMIT:
+            raise ValueError(
+                f"log2 range must lie within [-{_LOG2_LIMIT}, {_LOG2_LIMIT}] "
+                f"(2^±{_LOG2_LIMIT} is far beyond any learning rate or weight "
+                f"scale), got {bounds!r}"
             )
         return [float(2.0**k) for k in range(bounds[0], bounds[1] + 1)]
     return value
@@ -396,7 +425,23 @@ def _resolve_source(source: str | Path | None) -> Path:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with the 1.2 float syntax, so ``1e-4`` is a number, not a string."""
+    """YAML with the 1.2 float syntax, so ``1e-4`` is a number, not a string,
+    and no key given twice in one mapping (YAML forbids it; PyYAML would keep
+    the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -582,6 +627,19 @@ def variant_pipelines(pipeline: Pipeline) -> list[tuple[Any, Pipeline]]:
         v if isinstance(v, int | float | str) and not isinstance(v, bool) else i
         for i, v in enumerate(variants.values)
     )
+    if not variants.values:
+        raise ConfigError("field 'variants.values': got []; a study needs a value")
+    if variants.dim in STORE_DIMS:
+        raise ConfigError(
+            f"field 'variants.dim': got {variants.dim!r}; a dim of every store "
+            f"({', '.join(STORE_DIMS)}) cannot name the variants, choose another "
+            "name, e.g. the field's own (batch_size, activation)"
+        )
+    if len(set(map(repr, variants.values))) != len(variants.values):
+        raise ConfigError(
+            f"field 'variants.values': got {list(variants.values)}; values must be "
+            "distinct"
+        )
     if len(labels) != len(variants.values) or len(set(labels)) != len(labels):
         raise ConfigError(
             f"field 'variants.labels': got {list(labels)}; need one distinct label "

@@ -103,6 +103,19 @@ BAD = {
     ),
     "digits-width": (["data.source=digits"], "so n0 must be 64"),
     "engine-as-value": (["engine=cupy"], "choose the engine with engine.name"),
+    "log2-overflow": (["grid.T={log2: [2000, 2001]}"], "must lie within [-64, 64]"),
+    "variants-empty": (
+        ["variants={dim: b, field: train.batch_size, values: []}"],
+        "field 'variants.values': got []; a study needs a value",
+    ),
+    "variants-dim-T": (
+        ["variants={dim: T, field: train.batch_size, values: [2, 4]}"],
+        "field 'variants.dim': got 'T'; a dim of every store",
+    ),
+    "variants-repeated": (
+        ["variants={dim: b, field: train.batch_size, values: [2, 2]}"],
+        "field 'variants.values': got [2, 2]; values must be distinct",
+    ),
     "section-as-value": (["train=3"], "field 'train': got 3; must be a section"),
 }
 
@@ -127,6 +140,17 @@ def test_file_and_override_read_numbers_alike(tmp_path: Path) -> None:
     assert from_file.record.lyapunov_perturbation == 1e-6
     overridden = load_pipeline(path, ["record.lyapunov_perturbation=1e-6"])
     assert overridden.fingerprint() == from_file.fingerprint()
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "grid: {T: [0.5], sigma_W: [1.0]}\ntrain:\n  steps: 10\n  steps: 300\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"not valid YAML: .*key 'steps' is given twice"
+    ):
+        load_pipeline(path)
 
 
 def test_missing_file(tmp_path: Path) -> None:
