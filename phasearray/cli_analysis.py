@@ -124,6 +124,13 @@ def _add_phases(subparsers: Any) -> None:
         type=int,
         help="batch size for the recommended learning rate; default the store's",
     )
+    phases.add_argument(
+        "--rule",
+        choices=("dbm", "observables"),
+        default="dbm",
+        help="labels the recommendation uses: the DBM criterion (the paper's; it "
+        "needs training run to convergence) or the observables (loss, G, alignment)",
+    )
     phases.set_defaults(handler=phases_command)
 
 
@@ -136,7 +143,7 @@ def phases_command(args: argparse.Namespace) -> int:
         labels = ds.phase.classify(
             level=args.level, jamming=args.jamming, convention=args.convention
         )
-        advice = recommend(ds, args.batch_size, labels=labels)
+        advice = recommend(ds, args.batch_size, rule=args.rule, labels=labels)
         labels, advice = compute(labels, advice)
     except (PhasearrayError, OSError) as error:
         return _fail(error)

@@ -340,6 +340,8 @@ def test_recommend_takes_the_largest_ordered_T(sweep) -> None:
     np.testing.assert_array_equal(out.learning_rate, [4.0, 0.125, np.nan])
     out = pa.recommend(sweep, batch_size=32, labels=labels).compute()
     np.testing.assert_array_equal(out.learning_rate, [32.0, 1.0, np.nan])
+    with pytest.raises(ConfigError, match=r"batch_size: got 0; must be a positive"):
+        pa.recommend(sweep, batch_size=0, labels=labels)
 
 
 # --- errors ----------------------------------------------------------------------------

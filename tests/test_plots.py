@@ -154,6 +154,9 @@ def test_phases_command_prints_labels_and_recommendation(small, tmp_path, capsys
     ]
     assert [row[0] for row in rows[:2]] == ["8", "0.5"]
     assert all(cell.rstrip("*") in "OHJ" for row in rows for cell in row[1:4])
+    assert "(batch size 8, rule dbm)" in out
+    assert _run(["phases", str(store), "--rule", "observables"]) == 0
+    assert "(batch size 4, rule observables)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", ["plot", "phases"])

@@ -362,11 +362,14 @@ def recommend(
         raise ConfigError(f"rule: got {rule!r}; choose 'dbm' or 'observables'")
     if batch_size is None:
         batch_size = int(ds.attrs.get("batch_size", 0)) or None
-    if batch_size is None or batch_size < 1:
-        raise ConfigError(
-            f"batch_size: got {batch_size!r}; give a positive integer (the store has "
-            "no batch_size attribute)"
-        )
+        if batch_size is None:
+            raise ConfigError(
+                "batch_size: the store has no batch_size attribute; give one"
+            )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise ConfigError(f"batch_size: got {batch_size!r}; must be a positive integer")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: got {batch_size}; must be a positive integer")
     labels = classify(ds, **classify_options) if labels is None else labels
     ordered = bare(labels[f"label_{rule}"]) == ORDERED
     T_max = axis(ds, "T").where(ordered).max("T")
