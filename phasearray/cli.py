@@ -34,10 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``phasearray`` command; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # The handler filters too: dask.distributed sets its loggers to INFO, and
+    # their records reach this handler whatever the root logger's level.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
     warnings.formatwarning = _one_line_warning
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -328,7 +330,9 @@ def _local_cluster(workers: int, engine: str | None) -> Any:
                 f"--workers with engine {engine!r} needs dask-cuda; install it or "
                 "leave out --workers to use one GPU"
             ) from None
-        return LocalCUDACluster(n_workers=workers, dashboard_address=None)
+        return LocalCUDACluster(
+            n_workers=workers, dashboard_address=None, silence_logs=logging.ERROR
+        )
 
     # Each process gets its share of the cores for Numba's and BLAS's threads.
     threads = str(max(1, (os.cpu_count() or 1) // workers))
@@ -339,6 +343,7 @@ def _local_cluster(workers: int, engine: str | None) -> Any:
         processes=True,
         dashboard_address=None,
         env=env,
+        silence_logs=logging.ERROR,  # the progress bar says what is happening
     )
 
 
