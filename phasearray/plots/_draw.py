@@ -134,7 +134,8 @@ def legend(ax: Axes, *, dark: bool = False, **options: Any) -> None:
         return
     if dark:
         options |= {"facecolor": "0.25", "labelcolor": "white", "framealpha": 0.8}
-    ax.legend(**options)
+    # long enough handles that dash-dot and dotted lines read as such
+    ax.legend(**{"handlelength": 3.5, **options})
 
 
 def note(ax: Axes, text: str) -> None:

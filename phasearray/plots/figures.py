@@ -360,9 +360,10 @@ def fig10_phase_labels(ds: xr.Dataset, r: dict[str, Any]) -> Figure:
             .values
         )
         T_i, s_i = np.nonzero(disagree)
-        ax.plot(inv[s_i], grid["T"].values[T_i], "kx", ms=5)
+        ax.plot(inv[s_i], grid["T"].values[T_i], "kx", ms=5, label="the rules disagree")
         draw.plane(ax)
         ax.set_title(title)
+    draw.legend(axes[1], loc="lower left", fontsize="small")
     bar = fig.colorbar(mesh, ax=axes, ticks=range(len(LABELS)))
     bar.ax.set_yticklabels(LABELS)
     return fig
