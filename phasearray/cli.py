@@ -172,14 +172,18 @@ def _run(args: argparse.Namespace) -> int:
     if pipeline.variants is not None:
         return _run_study(args, pipeline)
 
-    store = args.store or Path("runs") / f"{pipeline.name}.zarr"
+    # "runs/../x.zarr" names x.zarr even where runs/ does not exist
+    store = Path(os.path.normpath(args.store or Path("runs") / f"{pipeline.name}.zarr"))
+    figures = args.figures or store.with_name(store.stem + "-figures")
     if _complete(store, pipeline):
-        print(f"store {store} is complete; nothing to do")
+        print(f"store {store} is complete; nothing to train")
+        if not args.no_figures and not figures.exists():
+            _write_figures(store, figures)  # e.g. after --no-figures or a deletion
         return EXIT_OK
     with _client(args) as client:
         _train(args, pipeline, store, client)
     if not args.no_figures:
-        _write_figures(store, args.figures or store.with_name(store.stem + "-figures"))
+        _write_figures(store, figures)
     return EXIT_OK
 
 
@@ -241,7 +245,7 @@ def _run_study(args: argparse.Namespace, pipeline: Any) -> int:
     with _client(args) as client:
         for _, variant, store in study_stores(pipeline, root):
             if _complete(store, variant):
-                print(f"store {store} is complete; nothing to do")
+                print(f"store {store} is complete; nothing to train")
                 continue
             _train(args, variant, store, client)
     if not args.no_figures:

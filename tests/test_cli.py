@@ -93,8 +93,27 @@ def test_complete_store_does_nothing_and_says_so(small_store: Path, capsys) -> N
         )
         == 0
     )
-    assert "nothing to do" in capsys.readouterr().out
+    assert "nothing to train" in capsys.readouterr().out
     assert tree_digest(small_store) == before
+
+
+def test_complete_store_gets_its_missing_figures(small_store: Path, capsys) -> None:
+    before = tree_digest(small_store)
+    figures = small_store.with_name(small_store.stem + "-figures")
+    argv = ["run", "--store", str(small_store), *sets(tiny_overrides())]
+    assert main(argv) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert (figures / "fig2_test_loss_map.png").is_file()
+    assert tree_digest(small_store) == before
+
+
+def test_store_named_through_a_missing_folder(small_store: Path, capsys) -> None:
+    # runs/../small.zarr is small.zarr, though runs/ does not exist
+    detour = small_store.parent / "runs" / ".." / small_store.name
+    argv = ["run", "--store", str(detour), "--no-figures", *sets(tiny_overrides())]
+    assert main(argv) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert not (small_store.parent / "runs").exists()
 
 
 def test_store_path_that_is_a_file(tmp_path: Path, capsys) -> None:
