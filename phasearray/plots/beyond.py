@@ -200,7 +200,10 @@ def _lyapunov_curves(ax: Axes, lam: xr.DataArray, threshold: float) -> None:
     ax.axhline(threshold, color="k", ls="--", lw=1, label="threshold ln 10³ / t_f")
     ax.axhline(0, color="0.5", lw=0.6)
     ax.set(xscale="log", xlabel=draw.LABEL_T, ylabel="median λ(t_f) per step")
-    ax.set_yscale("symlog", linthresh=threshold)
+    # a wide linear part keeps the ticks at 0 and ±threshold apart
+    ax.set_yscale("symlog", linthresh=threshold, linscale=2.0)
+    lowest = float(np.nanmin(lam.values)) if np.isfinite(lam.values).any() else 0.0
+    ax.set_ylim(bottom=min(-threshold, 1.2 * lowest))  # no empty negative decades
     _grid_ticks(ax.xaxis, lam["T"].values)
     draw.legend(ax, fontsize="x-small", loc="center left", bbox_to_anchor=(1.02, 0.5))
 
