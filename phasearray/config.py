@@ -50,6 +50,10 @@ FUSED_ENGINES = ("numba", "cupy-fused")
 ENGINES = ("auto", "numpy", "numba", "cupy", "cupy-fused")
 
 PositiveInt = Annotated[int, Field(ge=1)]
+# Upper bounds far beyond any study (the paper: widths ≤ 32, T ≤ 64, σ_W ≤ 256,
+# 10^8 steps) that keep a typo from asking for terabytes or overflowing.
+Width = Annotated[int, Field(ge=1, le=4096)]
+Scale = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
 
 # Dims and coordinates every store has; a study's own dim must differ.
 STORE_DIMS = (
@@ -116,7 +120,7 @@ class Model(_Section):
     disorder.
     """
 
-    widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (3, 32, 16, 1)
+    widths: tuple[Width, Width, Width, Width] = (3, 32, 16, 1)
     activation: Literal["tanh", "relu", "identity"] = "tanh"
     trainable: tuple[Literal["W1", "W2", "W3"], ...] = ("W2",)
 
@@ -160,17 +164,17 @@ class Data(_Section):
     """
 
     source: Literal["gaussian", "digits"] = "gaussian"
-    n_train: PositiveInt = 4000
-    n_test: PositiveInt = 128
+    n_train: Annotated[int, Field(ge=1, le=10_000_000)] = 4000
+    n_test: Annotated[int, Field(ge=1, le=1_000_000)] = 128
 
 
 class Grid(_Section):
     """The (T, sigma_W, seed) grid; ``{log2: [a, b]}`` expands to powers of two."""
 
-    T: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...]
-    sigma_W: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...]
-    seeds: PositiveInt = 8
-    first_seed: Annotated[int, Field(ge=0)] = 0
+    T: tuple[Scale, ...]
+    sigma_W: tuple[Scale, ...]
+    seeds: Annotated[int, Field(ge=1, le=100_000)] = 8
+    first_seed: Annotated[int, Field(ge=0, le=2**62)] = 0
     fresh_teachers: bool = False
 
     @field_validator("T", "sigma_W", mode="before")
@@ -193,7 +197,7 @@ class Train(_Section):
     """Plain SGD: batch size, number of steps, minibatch schedule, precision."""
 
     batch_size: PositiveInt = 4
-    steps: PositiveInt = 100_000
+    steps: Annotated[int, Field(ge=1, le=10**12)] = 100_000
     schedule: Literal["sequential", "shuffle", "iid"] = "shuffle"
     dtype: Literal["float64", "float32"] = "float64"
 
@@ -263,7 +267,10 @@ class Pipeline(_Section):
     (100000, 2)
     """
 
-    name: str = "sweep"
+    # the store is runs/<name>.zarr: a file name, never a path
+    name: Annotated[
+        str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$", max_length=120)
+    ] = "sweep"
     description: str = ""
     model: Model = Model()
     data: Data = Data()
@@ -515,7 +522,10 @@ def _describe(error: ValidationError) -> str:
             lines.append(f"field {field!r} is required")
             continue
         value = detail.get("input")
-        compound = detail["type"].endswith("_type") or detail["type"] == "literal_error"
+        compound = detail["type"].endswith("_type") or detail["type"] in (
+            "literal_error",
+            "string_pattern_mismatch",
+        )
         hint = _SHAPE_HINTS.get(field) if compound else None
         lines.append(f"field {field!r}: got {value!r}; {hint or _allowed_text(detail)}")
     unique = list(dict.fromkeys(lines))
@@ -525,6 +535,8 @@ def _describe(error: ValidationError) -> str:
 # What a field of a compound type accepts, said once instead of once per
 # branch of pydantic's union.
 _SHAPE_HINTS = {
+    "name": "must be a file name: letters, digits and . _ = + , - (no slash), "
+    "starting with a letter or digit",
     "grid.T": "must be a list of positive numbers or {log2: [first, last]}",
     "grid.sigma_W": "must be a list of positive numbers or {log2: [first, last]}",
     "record.checkpoints": "must be a list of steps or {log: N}",

@@ -9,6 +9,7 @@ observables and writes its own chunks of the store.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from .checkpoint import checkpoint_observables, held_out_arrays, mark_diverged
 from .config import Pipeline, parse_pipeline
 from .engines import Engine, SGDProblem, get_engine, resolve_engine_name
 from .ensemble import Ensemble, make_ensemble, sgd_problem, stream_key
-from .errors import PhasearrayWarning
+from .errors import ConfigError, PhasearrayWarning
 from .store import (
     Block,
     BlockWriter,
@@ -91,6 +92,7 @@ def run_sweep(
         engine or pipeline.engine.name, pipeline.model.trainable, pipeline.engine_shape
     )
     get_engine(engine_name)  # fail here, before a store is made, if unavailable
+    check_memory(pipeline)
     _open_or_create(path, pipeline, engine_name)
 
     blocks = stored_blocks(path, pipeline)
@@ -120,6 +122,46 @@ def run_sweep(
 
     seconds = time.perf_counter() - start
     return SweepResult(path, engine_name, len(todo), len(blocks), remaining, seconds)
+
+
+def memory_needed(pipeline: Pipeline) -> int:
+    """Bytes the largest arrays of a sweep take at once (an estimate).
+
+    The inputs of every stream (a seed, or a cell and seed with fresh
+    teachers), training and test sets, are made when the store is; a block
+    then holds the first-layer features φ1 of its streams and a copy for the
+    engine; the store's plan and the initial weights take a few copies of W2
+    and a row of scalars per checkpoint for every model.
+    """
+    n0, n1, n2, _ = pipeline.model.widths
+    cells = len(pipeline.grid.T) * len(pipeline.grid.sigma_W)
+    streams = pipeline.grid.seeds * (cells if pipeline.grid.fresh_teachers else 1)
+    block_streams = min(streams, pipeline.engine.block_models)
+    data = pipeline.data
+    inputs = streams * (data.n_train + data.n_test) * n0
+    features = 2 * block_streams * data.n_train * n1
+    models = pipeline.n_models * (4 * n1 * n2 + 16 * pipeline.checkpoints.size)
+    return 8 * (inputs + features + models)
+
+
+def check_memory(pipeline: Pipeline) -> None:
+    """Refuse, before anything is written, a sweep that cannot fit in memory."""
+    needed = memory_needed(pipeline)
+    total = _physical_memory()
+    if total is not None and needed > 0.8 * total:
+        raise ConfigError(
+            f"pipeline {pipeline.name!r} needs about {needed / 2**30:.3g} GiB for its "
+            f"data sets, features and per-model arrays, more than this machine's "
+            f"{total / 2**30:.3g} GiB allow; lower grid.seeds, data.n_train, "
+            "model.widths or engine.block_models"
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX: no check
+        return None
 
 
 def _open_or_create(path: Path, pipeline: Pipeline, engine_name: str) -> None:

@@ -104,6 +104,17 @@ BAD = {
     "digits-width": (["data.source=digits"], "so n0 must be 64"),
     "engine-as-value": (["engine=cupy"], "choose the engine with engine.name"),
     "log2-overflow": (["grid.T={log2: [2000, 2001]}"], "must lie within [-64, 64]"),
+    "name-path": (
+        ["name=../../evil"],
+        "field 'name': got '../../evil'; must be a file name",
+    ),
+    "name-empty": (["name=''"], "field 'name': got ''"),
+    "huge-T": (["grid.T=[1e308, 0.5]"], "field 'grid.T.0': got 1e+308; must be less"),
+    "huge-seeds": (["grid.seeds=1000000000"], "field 'grid.seeds': got 1000000000"),
+    "huge-width": (["model.widths=[3, 100000, 16, 1]"], "field 'model.widths.1'"),
+    "huge-steps": (["train.steps=9223372036854775808"], "field 'train.steps'"),
+    "huge-first-seed": (["grid.first_seed=18446744073709551616"], "grid.first_seed"),
+    "huge-n_train": (["data.n_train=10000000000"], "field 'data.n_train'"),
     "variants-empty": (
         ["variants={dim: b, field: train.batch_size, values: []}"],
         "field 'variants.values': got []; a study needs a value",

@@ -220,3 +220,20 @@ def test_stored_initial_spectra_follow_the_wishart_moments(tmp_path: Path) -> No
     np.testing.assert_allclose(
         x, np.linalg.eigvalsh(W2 @ np.swapaxes(W2, -1, -2)), rtol=1e-10, atol=1e-14
     )
+
+
+def test_a_sweep_too_large_for_memory_is_refused_before_writing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import phasearray.sweep
+    from phasearray.errors import ConfigError
+    from phasearray.sweep import memory_needed
+
+    pipeline = load_pipeline("quick", tiny_overrides())
+    # 2 seeds × 432 inputs × 3, 2 × 2 × 400 × 32 features, 8 models' W2 and rows
+    expected = 8 * (2 * 432 * 3 + 2 * 2 * 400 * 32 + 8 * (4 * 32 * 16 + 16 * 4))
+    assert memory_needed(pipeline) == expected
+    monkeypatch.setattr(phasearray.sweep, "_physical_memory", lambda: expected)
+    with pytest.raises(ConfigError, match=r"needs about .* GiB .* lower grid.seeds"):
+        pa.run_sweep(pipeline, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
