@@ -131,9 +131,9 @@ def publish(
     ds = open_store(store)
     name = _check_name(name or store.name.removesuffix(".zarr"))
     _check_licence(license)
-    _check_complete(ds, store, allow_incomplete)
     if store.is_dir():
         check_sound(store, decode=True)  # a published copy must not carry damage
+    _check_complete(ds, store, allow_incomplete)
     _prepare_out(out)
 
     zip_path = out / f"{name}.zarr.zip"

@@ -666,11 +666,27 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
         return  # imported from another format: written whole, no resume state
     try:
         group = zarr.open_group(path, mode="r", zarr_format=3)
-        names = (*_checkpoint_vars(pipeline), *_resume_vars(pipeline), *_ENSEMBLE_VARS)
-        arrays = {name: _array(group, name) for name in names}
-        done = np.asarray(arrays["done"][:])
     except Exception as error:
         raise StoreError(f"store {str(path)!r} is damaged: {error}") from None
+    names = (*_checkpoint_vars(pipeline), *_resume_vars(pipeline), *_ENSEMBLE_VARS)
+    arrays = {}
+    for name in names:
+        try:
+            arrays[name] = _array(group, name)
+        except Exception as error:  # missing or unreadable zarr.json
+            raise StoreError(
+                f"store {str(path)!r} is damaged: array {name!r} ({name}/zarr.json) "
+                f"does not open: {error}"
+            ) from None
+    try:
+        done = np.asarray(arrays["done"][:])
+    except Exception as error:  # a codec fails on a cut-off or altered chunk
+        bad = _damaged_chunks_of(path, "done", arrays["done"])
+        where = f"chunk {bad[0][0]!r}" if bad else "the 'done' array"
+        raise StoreError(
+            f"store {str(path)!r} is damaged: {where} cannot be read "
+            f"({type(error).__name__}: {error}); restore the store from a copy"
+        ) from None
 
     present = {
         str(f.relative_to(path))
@@ -813,15 +829,21 @@ def damaged_chunks(path: str | Path) -> list[tuple[str, str]]:
     group = zarr.open_group(path, mode="r", zarr_format=3)
     damaged = []
     for name, array in sorted(group.arrays()):
-        for file in sorted((path / name / "c").rglob("*")):
-            if not file.is_file():
-                continue
-            index = [int(i) for i in file.relative_to(path / name / "c").parts]
-            try:
-                array[_chunk_region(array, index)]
-            except Exception as error:  # each codec fails in its own way
-                key = "/".join([name, "c", *map(str, index)])
-                damaged.append((key, f"{type(error).__name__}: {error}"))
+        damaged += _damaged_chunks_of(path, name, array)
+    return damaged
+
+
+def _damaged_chunks_of(path: Path, name: str, array: Any) -> list[tuple[str, str]]:
+    damaged = []
+    for file in sorted((path / name / "c").rglob("*")):
+        if not file.is_file():
+            continue
+        index = [int(i) for i in file.relative_to(path / name / "c").parts]
+        try:
+            array[_chunk_region(array, index)]
+        except Exception as error:  # each codec fails in its own way
+            key = "/".join([name, "c", *map(str, index)])
+            damaged.append((key, f"{type(error).__name__}: {error}"))
     return damaged
 
 
@@ -847,6 +869,12 @@ def completion(path: str | Path, blocks: list[Block]) -> np.ndarray:
 
 def store_summary(path: str | Path) -> dict[str, Any]:
     """What a store holds: pipeline, grid, completion per block, size on disk."""
+    if Path(path).is_file() and zipfile.is_zipfile(path):
+        raise StoreError(
+            f"{str(path)!r} is a zipped store (as in a published bundle): it is "
+            "complete by construction; open it with phasearray.open_sweep, or "
+            "unzip it for phasearray info"
+        )
     attrs = read_attrs(path)
     pipeline = read_pipeline(path)
     check_integrity(path, pipeline)

@@ -226,6 +226,13 @@ def test_store_replaced_with_its_manifest_line_fails_on_the_stac_item(bundle, tm
     )
 
 
+def test_info_on_the_zipped_store_says_what_it_is(bundle, capsys):
+    from phasearray.cli import main
+
+    assert main(["info", str(bundle / "micro.zarr.zip")]) == 2
+    assert "is a zipped store (as in a published bundle)" in capsys.readouterr().err
+
+
 def test_cli_verify_exit_codes(bundle, tmp_path, capsys):
     assert _cli(["verify", str(bundle)]) == 0
     copy = tmp_path / "copy"

@@ -257,6 +257,24 @@ def test_garbled_chunk_is_not_published(store: Path, capsys) -> None:
     assert not bundle.exists()
 
 
+def test_garbled_done_chunk_is_named(store: Path, capsys) -> None:
+    chunk = store / "done" / "c" / "0" / "0" / "0" / "1"
+    chunk.write_bytes(bytes(range(3, 40)))
+    before = tree_digest(store)
+    assert rerun(store) == 2
+    assert "chunk 'done/c/0/0/0/1' cannot be read" in capsys.readouterr().err
+    assert main(["info", "--check", str(store)]) == 2
+    assert "damaged      done/c/0/0/0/1: " in capsys.readouterr().out
+    assert tree_digest(store) == before
+
+
+def test_broken_array_metadata_is_named(store: Path, capsys) -> None:
+    meta = store / "W2" / "zarr.json"
+    meta.write_text(meta.read_text().replace('"', "'", 1))  # not JSON any more
+    assert rerun(store) == 2
+    assert "array 'W2' (W2/zarr.json) does not open" in capsys.readouterr().err
+
+
 def test_info_check_passes_a_sound_store(store: Path, capsys) -> None:
     assert main(["info", "--check", str(store)]) == 0
     assert "chunks       all decode" in capsys.readouterr().out
