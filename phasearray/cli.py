@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -40,9 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # their records reach this handler whatever the root logger's level.
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
-    # zarr's async reads leave pending tasks behind when a codec fails; the
-    # error itself is reported below
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if not args.verbose:
+        # zarr's async reads leave pending tasks behind when a codec fails, and
+        # distributed's event loop logs its own shutdown after Ctrl-C; the
+        # error or the interruption itself is reported below
+        for name in ("asyncio", "tornado.application"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.formatwarning = _one_line_warning
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -344,14 +348,20 @@ def _local_cluster(workers: int, engine: str | None) -> Any:
     # Each process gets its share of the cores for Numba's and BLAS's threads.
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     env = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
-    return LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        env=env,
-        silence_logs=logging.ERROR,  # the progress bar says what is happening
-    )
+    # Worker processes inherit an ignored SIGINT, so Ctrl-C reaches this process
+    # alone: it stops the run and closes the cluster, with no worker tracebacks.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env=env,
+            silence_logs=logging.ERROR,  # the progress bar says what is happening
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _ProgressBar:
