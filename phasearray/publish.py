@@ -37,13 +37,13 @@ import xarray as xr
 import yaml
 
 from .catalog import (
-    _SHA256_MULTIHASH,
     ZARR_MEDIA_TYPE,
     ZIP_MEDIA_TYPE,
     ChecksumError,
     catalog_document,
     grid_summary,
     item_links,
+    open_catalog,
     open_store,
     sha256_file,
     stac_item,
@@ -638,29 +638,24 @@ def verify(bundle: str | Path) -> dict[str, str]:
 
 
 def _item_checksum_problems(folder: Path, names: set[str]) -> list[str]:
-    """Assets whose ``file:checksum`` in the bundle's STAC item differs from the file.
+    """Stores whose size or SHA-256 differ from the bundle's own catalog entry.
 
-    The manifest and the item are written together; a store replaced along
-    with its manifest line is still caught here.
+    The manifest and the STAC item are written together; a store replaced
+    along with its manifest line is still caught here, by the same check
+    ``phasearray catalog open --verify`` makes.
     """
+    if "catalog.json" not in names:
+        return []  # a missing catalog is reported against the manifest
+    try:
+        catalog = open_catalog(folder)
+    except StoreError:
+        return []  # an altered catalog or item fails its manifest checksum
     problems = []
-    for name in sorted(n for n in names if n.endswith(".json")):
-        try:
-            item = json.loads((folder / name).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue  # not an item; its own checksum was checked above
-        if not isinstance(item, dict) or item.get("type") != "Feature":
-            continue
-        for asset in (item.get("assets") or {}).values():
-            href, checksum = asset.get("href"), asset.get("file:checksum")
-            if not (isinstance(href, str) and isinstance(checksum, str)):
-                continue
-            path = folder / href
-            if href in names and path.is_file():
-                expected = checksum.removeprefix(_SHA256_MULTIHASH)
-                actual = sha256_file(path)
-                if actual != expected:
-                    problems.append(
-                        f"{href}: sha256 {actual}, {name} (STAC item) says {expected}"
-                    )
+    for name in catalog.names:
+        entry = catalog[name]
+        if entry.is_local and Path(entry.location).name in names:
+            try:
+                entry.verify()
+            except ChecksumError as error:
+                problems.append(f"{error} ({entry.item_path.name})")
     return problems

@@ -222,7 +222,7 @@ def test_store_replaced_with_its_manifest_line_fails_on_the_stac_item(bundle, tm
     with pytest.raises(ChecksumError) as info:
         verify(copy)
     assert str(info.value).endswith(
-        f"micro.zarr.zip: sha256 {new}, micro.json (STAC item) says {old}"
+        f"micro.zarr.zip: sha256 {new} differs from the catalog's {old} (micro.json)"
     )
 
 
