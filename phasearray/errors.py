@@ -10,6 +10,7 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "EngineUnavailableError",
+    "MissingVariableError",
     "PhasearrayError",
     "PhasearrayWarning",
     "StoreError",
@@ -28,6 +29,20 @@ class ConfigError(PhasearrayError, ValueError):
 
 class StoreError(PhasearrayError, OSError):
     """A store cannot be created, opened or written as asked."""
+
+
+class MissingVariableError(StoreError):
+    """A dataset lacks a variable an analysis or figure needs.
+
+    Attributes
+    ----------
+    name : str
+        The variable that is missing.
+    """
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class StoreMismatchError(StoreError):

@@ -9,7 +9,7 @@ import xarray as xr
 
 from ..activations import activate
 from ..ensemble import teacher_outputs
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, MissingVariableError, StoreError
 
 MODEL_DIMS = ("T", "sigma_W", "seed")
 SPLITS = {"train": ("x_train", "sample"), "test": ("x_test", "test_sample")}
@@ -28,9 +28,10 @@ def attr(ds: xr.Dataset, name: str) -> Any:
 def variable(ds: xr.Dataset, name: str) -> xr.DataArray:
     """A data variable of the store, or an error naming it and what exists."""
     if name not in ds.data_vars:
-        raise StoreError(
+        raise MissingVariableError(
             f"the dataset has no variable {name!r}; it holds "
-            f"{', '.join(sorted(map(str, ds.data_vars)))}"
+            f"{', '.join(sorted(map(str, ds.data_vars)))}",
+            name,
         )
     return bare(ds[name])
 

@@ -8,22 +8,19 @@ chosen figures draw, all of it in one pass.
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import xarray as xr
 
-from ..errors import ConfigError, PhasearrayWarning, StoreError
+from ..errors import ConfigError, MissingVariableError, PhasearrayWarning, StoreError
 from . import _results
 from .figures import FIGURES
 
 __all__ = ["FIGURES", "write_figures"]
 
 logger = logging.getLogger(__name__)
-
-_MISSING_VARIABLE = re.compile(r"has no variable '([^']+)'")
 
 
 def write_figures(
@@ -95,13 +92,14 @@ def _drop_undrawable(names: list[str], missing: dict[str, StoreError]) -> list[s
     if not missing:
         return names
     skipped = [n for n in names if set(FIGURES[n][1]) & set(missing)]
-    lacking = [_MISSING_VARIABLE.search(str(e)) for e in missing.values()]
-    if all(lacking):
-        reasons = "it has no " + ", ".join(
-            dict.fromkeys(m.group(1) for m in lacking if m)
+    errors = list(missing.values())
+    if all(isinstance(e, MissingVariableError) for e in errors):
+        lacking = dict.fromkeys(
+            e.name for e in errors if isinstance(e, MissingVariableError)
         )
+        reasons = "it has no " + ", ".join(lacking)
     else:
-        reasons = "; ".join(dict.fromkeys(str(error) for error in missing.values()))
+        reasons = "; ".join(dict.fromkeys(str(error) for error in errors))
     warnings.warn(
         f"left out {', '.join(skipped)}, which this store cannot give: {reasons}",
         PhasearrayWarning,
