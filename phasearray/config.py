@@ -251,10 +251,32 @@ class Variants(_Section):
     values: tuple[Any, ...]
     labels: tuple[str | int | float, ...] | None = None
 
+    @field_validator("dim")
+    @classmethod
+    def _not_a_store_dim(cls, value: str) -> str:
+        if value in STORE_DIMS:
+            raise ValueError(
+                f"a dim of every store ({', '.join(STORE_DIMS)}) cannot name the "
+                "variants, choose another name, e.g. the field's own (batch_size, "
+                "activation)"
+            )
+        return value
+
     @field_validator("values", "labels", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
+
+    # defined after _list_to_tuple, so it runs first and sees the list as given
+    @field_validator("values", mode="before")
+    @classmethod
+    def _some_distinct_values(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            if not value:
+                raise ValueError("a study needs a value")
+            if len(set(map(repr, value))) != len(value):
+                raise ValueError("values must be distinct")
+        return value
 
 
 class Pipeline(_Section):
@@ -639,19 +661,6 @@ def variant_pipelines(pipeline: Pipeline) -> list[tuple[Any, Pipeline]]:
         v if isinstance(v, int | float | str) and not isinstance(v, bool) else i
         for i, v in enumerate(variants.values)
     )
-    if not variants.values:
-        raise ConfigError("field 'variants.values': got []; a study needs a value")
-    if variants.dim in STORE_DIMS:
-        raise ConfigError(
-            f"field 'variants.dim': got {variants.dim!r}; a dim of every store "
-            f"({', '.join(STORE_DIMS)}) cannot name the variants, choose another "
-            "name, e.g. the field's own (batch_size, activation)"
-        )
-    if len(set(map(repr, variants.values))) != len(variants.values):
-        raise ConfigError(
-            f"field 'variants.values': got {list(variants.values)}; values must be "
-            "distinct"
-        )
     if len(labels) != len(variants.values) or len(set(labels)) != len(labels):
         raise ConfigError(
             f"field 'variants.labels': got {list(labels)}; need one distinct label "
