@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli_analysis import default_figure_folder
 from .config import ENGINES
 from .errors import ConfigError, EngineUnavailableError, PhasearrayError, StoreError
 
@@ -181,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
 
     # "runs/../x.zarr" names x.zarr even where runs/ does not exist
     store = Path(os.path.normpath(args.store or Path("runs") / f"{pipeline.name}.zarr"))
-    figures = args.figures or store.with_name(store.stem + "-figures")
+    figures = args.figures or default_figure_folder(store)
     if _complete(store, pipeline):
         print(f"store {store} is complete; nothing to train")
         if not args.no_figures and not figures.exists():
@@ -257,8 +258,8 @@ def _run_study(args: argparse.Namespace, pipeline: Any) -> int:
             _train(args, variant, store, client)
     if not args.no_figures:
         for _, _, store in study_stores(pipeline, root):
-            _write_figures(store, store.with_name(store.stem + "-figures"))
-        _write_study_figures(root, root.with_name(root.name + "-figures"))
+            _write_figures(store, default_figure_folder(store))
+        _write_study_figures(root, default_figure_folder(root))
     print(f"study: {root} (open it with phasearray.open_study)")
     return EXIT_OK
 
