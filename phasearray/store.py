@@ -714,9 +714,10 @@ def check_integrity(path: str | Path, pipeline: Pipeline) -> None:
                 )
         if 0 < n_done < per_t.size:
             for name in _resume_vars(pipeline):
-                key = _resume_key(name, arrays[name], block, (n_done - 1) % 2)
+                index = _resume_index(arrays[name], block, (n_done - 1) % 2)
+                key = _key(name, index)
                 _require(path, present, key, block, pipeline.checkpoints[n_done - 1])
-                _require_decodable(path, arrays[name], key, block)
+                _require_decodable(path, arrays[name], index, block)
 
 
 def _gap(path: Path, block: Block, t: np.ndarray, n_done: int) -> None:
@@ -737,7 +738,7 @@ def _require_every_chunk(path: Path, present: set[str], name: str, array: Any) -
     chunks = array.metadata.chunk_grid.chunk_shape
     counts = [-(-n // c) for n, c in zip(array.shape, chunks, strict=True)]
     for index in np.ndindex(*counts):
-        key = "/".join([name, "c", *map(str, index)])
+        key = _key(name, index)
         if key not in present:
             raise StoreError(
                 f"store {str(path)!r} is damaged: chunk {key!r} of {name!r} (written "
@@ -746,9 +747,11 @@ def _require_every_chunk(path: Path, present: set[str], name: str, array: Any) -
             )
 
 
-def _require_decodable(path: Path, array: Any, key: str, block: Block) -> None:
+def _require_decodable(
+    path: Path, array: Any, index: Sequence[int], block: Block
+) -> None:
     """Read a resume slot's chunk whole: a truncated file fails here, not mid-run."""
-    index = [int(i) for i in key.split("/c/")[1].split("/")]
+    key = _key(array.basename, index)
     try:
         array[_chunk_region(array, index)]
     except Exception as error:  # codecs raise their own kinds on a cut-off chunk
@@ -768,20 +771,24 @@ def _require(path: Path, present: set[str], key: str, block: Block, t: int) -> N
         )
 
 
-def _resume_key(name: str, array: Any, block: Block, slot: int) -> str:
+def _resume_index(array: Any, block: Block, slot: int) -> list[int]:
+    """Chunk-grid position of a block's resume slot (dims slot, T, sigma_W, seed, …)."""
     chunks = array.metadata.chunk_grid.chunk_shape
     index = [slot] + [
         s.start // c for s, c in zip(block.slices, chunks[1:4], strict=True)
     ]
-    index += [0] * (array.ndim - 4)
-    return "/".join([name, "c", *map(str, index)])
+    return index + [0] * (array.ndim - 4)
 
 
 def _chunk_key(name: str, array: Any, block: Block, k: int) -> str:
     """Path of a block's chunk at checkpoint k, for the default key encoding."""
     chunks = array.metadata.chunk_grid.chunk_shape
     index = [s.start // c for s, c in zip(block.slices, chunks[:3], strict=True)]
-    index += [k] + [0] * (array.ndim - 4)
+    return _key(name, index + [k] + [0] * (array.ndim - 4))
+
+
+def _key(name: str, index: Sequence[int]) -> str:
+    """The store path of chunk ``index`` of array ``name`` (default key encoding)."""
     return "/".join([name, "c", *map(str, index)])
 
 
@@ -842,8 +849,7 @@ def _damaged_chunks_of(path: Path, name: str, array: Any) -> list[tuple[str, str
         try:
             array[_chunk_region(array, index)]
         except Exception as error:  # each codec fails in its own way
-            key = "/".join([name, "c", *map(str, index)])
-            damaged.append((key, f"{type(error).__name__}: {error}"))
+            damaged.append((_key(name, index), f"{type(error).__name__}: {error}"))
     return damaged
 
 
