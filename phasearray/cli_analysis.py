@@ -205,9 +205,9 @@ def _open(path: Path) -> Any:
 
     from .store import check_sound, open_sweep
 
-    ds = open_sweep(path)
     if Path(path).is_dir():
-        check_sound(path)  # a missing chunk would otherwise read as NaN
+        check_sound(path)  # names damage; a missing chunk would read as NaN
+    ds = open_sweep(path)
     if "done" in ds.data_vars:
         finished = ds["done"].isel(t=-1).values  # a small boolean read
         if not finished.all():

@@ -128,11 +128,11 @@ def publish(
     """
     store = Path(store)
     out = Path(out_dir)
-    ds = open_store(store)
     name = _check_name(name or store.name.removesuffix(".zarr"))
     _check_licence(license)
     if store.is_dir():
         check_sound(store, decode=True)  # a published copy must not carry damage
+    ds = open_store(store)
     _check_complete(ds, store, allow_incomplete)
     _prepare_out(out)
 

@@ -807,6 +807,8 @@ def check_sound(path: str | Path, *, decode: bool = False) -> None:
         Naming the first missing chunk, or every chunk that does not decode.
     """
     path = Path(path)
+    if not (path / "zarr.json").is_file():
+        return  # not a store folder: opening it says so
     if (path / "resume_W2").is_dir():
         check_integrity(path, read_pipeline(path))
     if not decode:
@@ -835,7 +837,13 @@ def damaged_chunks(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     group = zarr.open_group(path, mode="r", zarr_format=3)
     damaged = []
-    for name, array in sorted(group.arrays()):
+    for meta in sorted(path.glob("*/zarr.json")):
+        name = meta.parent.name
+        try:
+            array = _array(group, name)
+        except Exception as error:  # an unreadable zarr.json
+            damaged.append((f"{name}/zarr.json", f"{type(error).__name__}: {error}"))
+            continue
         damaged += _damaged_chunks_of(path, name, array)
     return damaged
 

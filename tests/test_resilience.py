@@ -224,6 +224,7 @@ def test_cut_off_data_chunk_is_named_and_exits_2(store: Path, capsys) -> None:
 
     assert main(["plot", str(store), "--out", str(store.parent / "figures")]) == 2
     assert "a chunk of the store cannot be decoded" in capsys.readouterr().err
+    assert not (store.parent / "figures").exists()  # no empty folder left
     assert main(["info", "--check", str(store)]) == 2
     out = capsys.readouterr().out
     assert f"damaged      test_loss/c/0/0/0/{chunk.name}: RuntimeError" in out
@@ -271,8 +272,15 @@ def test_garbled_done_chunk_is_named(store: Path, capsys) -> None:
 def test_broken_array_metadata_is_named(store: Path, capsys) -> None:
     meta = store / "W2" / "zarr.json"
     meta.write_text(meta.read_text().replace('"', "'", 1))  # not JSON any more
+    before = tree_digest(store)
     assert rerun(store) == 2
     assert "array 'W2' (W2/zarr.json) does not open" in capsys.readouterr().err
+    for command in (["plot", str(store)], ["phases", str(store)]):
+        assert main(command) == 2
+        assert "array 'W2' (W2/zarr.json) does not open" in capsys.readouterr().err
+    assert main(["info", "--check", str(store)]) == 2
+    assert "damaged      W2/zarr.json: JSONDecodeError" in capsys.readouterr().out
+    assert tree_digest(store) == before
 
 
 def test_info_check_passes_a_sound_store(store: Path, capsys) -> None:

@@ -64,6 +64,7 @@ def write_figures(
     """
     names = _chosen(figures)
     folder = Path(out_dir)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -72,11 +73,16 @@ def write_figures(
         ) from None
 
     needs = {need for name in names for need in FIGURES[name][1]}
-    lazy, missing = _results.build(ds, needs, convention)
-    if missing and figures is not None:
-        raise next(iter(missing.values()))
-    names = _drop_undrawable(names, missing)
-    results = _results.compute_built(lazy)
+    try:
+        lazy, missing = _results.build(ds, needs, convention)
+        if missing and figures is not None:
+            raise next(iter(missing.values()))
+        names = _drop_undrawable(names, missing)
+        results = _results.compute_built(lazy)
+    except BaseException:
+        if created:  # leave no empty folder behind a failed computation
+            folder.rmdir()
+        raise
     paths = []
     for name in names:
         draw, _ = FIGURES[name]
