@@ -78,22 +78,11 @@ def checkpoint_observables(
         ``alignment``, ``diverged``; and ``W1`` (M, n1, n0), ``W3``
         (M, n3, n2) where those layers train.
     """
-    xp, problem = engine.xp, state.problem
+    xp = engine.xp
     out: dict[str, np.ndarray] = {}
     out["train_loss"], out["grad_norm"] = engine.train_observables(state)
-
-    # The test set is small (|D_test| = 128): one pass over all members.
-    member_stream = xp.asarray(problem.member_stream)
+    out.update(engine.test_observables(state, test))
     with np.errstate(all="ignore"):
-        phi1 = state.member_features(test.get("x"), test["phi1"], xp)
-        phi2 = obs.features(phi1, state.W2, problem.activation, xp)
-        W3 = state.member_W3()
-        y = test["y"][member_stream]
-        out["test_loss"] = engine.to_host(obs.loss(phi2, y, W3, xp))
-        out["feature_overlap"] = engine.to_host(
-            obs.feature_overlap(phi2, test["phi2_initial"], xp)
-        )
-        out["alignment"] = engine.to_host(obs.alignment(phi2, y, W3, xp))
         out["eigenvalues"] = engine.to_host(obs.eigenvalues(state.W2, xp))
     out["W2"] = engine.to_host(state.W2).copy()
     for name, layer in state.trained.items():

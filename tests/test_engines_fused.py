@@ -21,7 +21,8 @@ import pytest
 
 from phasearray import observables as obs
 from phasearray.activations import activate
-from phasearray.engines import SGDProblem, available_engines, get_engine
+from phasearray.checkpoint import held_out_arrays
+from phasearray.engines import Engine, SGDProblem, available_engines, get_engine
 from phasearray.engines.base import STEP_CHUNK
 from phasearray.engines.fused_cpu import (
     TILE_STEPS,
@@ -46,10 +47,11 @@ def grid_problem(
     widths: tuple[int, int, int, int] = (3, 32, 16, 1),
     batch_size: int = 4,
     n_train: int = 400,
+    n_test: int = 8,
 ) -> tuple[SGDProblem, np.ndarray]:
     """Members over T × σ_W × seed sharing one stream per seed, and W2(0)."""
     keys = [stream_key(s) for s in range(seeds)]
-    e = make_ensemble(keys, widths, n_train=n_train, n_test=8)
+    e = make_ensemble(keys, widths, n_train=n_train, n_test=n_test)
     phi1 = activate(activation, e.x_train @ np.swapaxes(e.teacher_W1, 1, 2), np)
     y = teacher_outputs(e.x_train, e.teacher_W1, e.teacher_W2, e.teacher_W3, activation)
     T_m, sigma_m, seed_m = (
@@ -258,10 +260,17 @@ def test_other_widths_and_batch_sizes(batch_size: int) -> None:
     assert_close_per_member(run("numba", problem, W2, 300), reference, 1e-12)
 
 
+# Widths exercising every register block of the checkpoint kernels: n2 = 16 is
+# two float64 vectors (one float32), 5 is one, 20 is three (a pair and a single);
+# n1 = 10 leaves rows outside the blocks of four and eight.
+OBSERVABLE_WIDTHS = [(3, 32, 16, 1), (3, 8, 5, 2), (3, 10, 20, 1)]
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("widths", [(3, 32, 16, 1), (3, 8, 5, 2)], ids=str)
+@pytest.mark.parametrize("widths", OBSERVABLE_WIDTHS, ids=str)
 def test_train_observables_match_the_observables_module(activation, widths) -> None:
-    # n_train = 402 leaves a last batch of two samples in the kernel's sweep.
+    # n_train = 402 = 6 tiles of 64 + 18 leaves samples outside the blocks of
+    # four and eight in the last tile.
     problem, W2 = grid_problem(
         "iid", activation, [2.0**-5, 0.125], [0.5], widths=widths, n_train=402
     )
@@ -299,11 +308,65 @@ def test_train_observables_match_the_observables_module(activation, widths) -> N
     )
     loss32, norm32 = engine.train_observables(engine.start(problem32, state.W2[calm]))
     assert loss32.dtype == np.float32
-    # float32 sums of 402 terms: ~√402 ε32 relative (measured ≤ 2e-6), with the
-    # floor ε32 ⟨y²⟩ for a converged member
-    floor32 = np.finfo(np.float32).eps * np.mean(problem.y**2)
+    # float32 sums of 402 terms: ~√402 ε32 relative (measured ≤ 2e-6). Floors
+    # for a converged member, whose residuals are float32 round-off: ε32 ⟨y²⟩
+    # for the loss; for the gradient each of its n1 n2 entries carries a
+    # residual error of ~ε32 |y|, so ε32 |y|_rms √(n1 n2) (measured ≤ 0.1 of it)
+    eps32 = float(np.finfo(np.float32).eps)
+    floor32 = eps32 * np.mean(problem.y**2)
+    norm_floor32 = eps32 * np.sqrt(np.mean(problem.y**2) * widths[1] * widths[2])
     np.testing.assert_allclose(loss32, expected_loss[calm], rtol=1e-4, atol=floor32)
-    np.testing.assert_allclose(norm32, expected_norm[calm], rtol=1e-4, atol=floor32)
+    np.testing.assert_allclose(
+        norm32, expected_norm[calm], rtol=1e-4, atol=norm_floor32
+    )
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("widths", OBSERVABLE_WIDTHS, ids=str)
+def test_test_observables_match_the_observables_module(activation, widths) -> None:
+    # 70 test samples: one tile of 64 and a part tile of 6
+    n_test, seeds = 70, 2
+    problem, W2 = grid_problem(
+        "iid", activation, [2.0**-5, 1.0], [0.5, 64.0], widths=widths, n_test=n_test
+    )
+    e = make_ensemble([stream_key(s) for s in range(seeds)], widths, 400, n_test)
+    teacher = (e.teacher_W1, e.teacher_W2, e.teacher_W3)
+    engine = get_engine("numba")
+    state = engine.start(problem, W2)
+    test = held_out_arrays(engine, e.x_test, teacher, W2, problem)
+    engine.advance(state, 0, 50)
+    state.W2[-2] = 0.0  # φ2 = 0: alignment 0/0 is NaN, overlap 0
+    state.W2[-1] = np.nan
+
+    got = engine.test_observables(state, test)
+    expected = Engine.test_observables(engine, state, test)
+    # float64 sums over 70 × n2 terms in another order: round-off only
+    for name in ("test_loss", "feature_overlap", "alignment"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-15)
+    assert np.isnan(got["alignment"][-2]) and got["feature_overlap"][-2] == 0
+    assert all(np.isnan(got[name][-1]) for name in got)
+
+    # float32 kernel against the float64 values of the same float32 weights,
+    # on the members at T = 2^-5 (the others may exceed its range): sums of
+    # ~10³ float32 terms, ~√(10³) ε32 relative (measured ≤ 2e-5), and ~10 ε32
+    # absolute where an overlap or alignment (both ≤ 1 in size) is near zero
+    calm = np.flatnonzero(problem.learning_rate == problem.learning_rate.min())
+    fields = {
+        "member_stream": problem.member_stream[calm],
+        "learning_rate": problem.learning_rate[calm],
+    }
+    problem32 = SGDProblem(**{**problem.__dict__, **fields, "dtype": "float32"})
+    state32 = engine.start(problem32, state.W2[calm])
+    test_calm = {**test, "phi2_initial": test["phi2_initial"][calm]}
+    got32 = engine.test_observables(
+        state32, {k: v.astype(np.float32) for k, v in test_calm.items()}
+    )
+    problem64 = SGDProblem(**{**problem.__dict__, **fields})
+    state64 = engine.start(problem64, state32.W2.astype(np.float64))
+    expected64 = Engine.test_observables(engine, state64, test_calm)
+    for name in ("test_loss", "feature_overlap", "alignment"):
+        assert got32[name].dtype == np.float32
+        np.testing.assert_allclose(got32[name], expected64[name], rtol=1e-4, atol=1e-6)
 
 
 def test_authors_trajectory_is_reproduced(authors_case) -> None:
@@ -334,19 +397,20 @@ def test_authors_trajectory_is_reproduced(authors_case) -> None:
         )
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["sgd", "checkpoint"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_kernel_tanh_is_within_four_ulp(dtype: type) -> None:
+def test_kernel_tanh_is_within_four_ulp(dtype: type, fused: bool) -> None:
     rng = np.random.default_rng(0)
     scales = [1e-30, 1e-8, 1e-3, 0.1, 0.5, 1.0, 3.0, 10.0, 30.0]
     z = np.concatenate([s * rng.standard_normal(20_000) for s in scales]).astype(dtype)
     exact = np.tanh(z.astype(np.longdouble))
     ulp = np.spacing(np.abs(exact).astype(dtype)).astype(np.longdouble)
-    error = np.abs(kernel_tanh(z).astype(np.longdouble) - exact) / ulp
+    error = np.abs(kernel_tanh(z, fused).astype(np.longdouble) - exact) / ulp
     assert error.max() <= 4
 
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 40.0, -40.0], dtype)
     expected = np.array([0.0, -0.0, 1.0, -1.0, np.nan, 1.0, -1.0], dtype)
-    got = kernel_tanh(special)
+    got = kernel_tanh(special, fused)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(np.signbit(got[:2]), [False, True])
 

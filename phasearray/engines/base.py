@@ -217,6 +217,39 @@ class Engine(ABC):
                 )
         return train_loss, grad_norm
 
+    def test_observables(
+        self, state: SGDState, test: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Test loss, feature overlap G(t, 0) and alignment of every member.
+
+        Parameters
+        ----------
+        test : dict
+            The block's held-out arrays on the device
+            (:func:`phasearray.checkpoint.held_out_arrays`): ``phi1``
+            (S, n_test, n1), ``y`` (S, n_test, n3), ``phi2_initial``
+            (M, n_test, n2) and, where W1 trains, ``x``.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``test_loss``, ``feature_overlap``, ``alignment``, dims (M,).
+        """
+        from .. import observables as obs
+
+        xp, problem = self.xp, state.problem
+        with np.errstate(all="ignore"):
+            phi1 = state.member_features(test.get("x"), test["phi1"], xp)
+            phi2 = obs.features(phi1, state.W2, problem.activation, xp)
+            W3 = state.member_W3()
+            y = test["y"][xp.asarray(problem.member_stream)]
+            values = {
+                "test_loss": obs.loss(phi2, y, W3, xp),
+                "feature_overlap": obs.feature_overlap(phi2, test["phi2_initial"], xp),
+                "alignment": obs.alignment(phi2, y, W3, xp),
+            }
+        return {name: self.to_host(value) for name, value in values.items()}
+
 
 def _start_outer_layers(
     state: SGDState, trained: dict[str, np.ndarray], xp: Any

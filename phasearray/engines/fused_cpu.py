@@ -16,24 +16,21 @@ minibatch rows into one contiguous buffer, then runs every member through the
 tile. Members of a stream share their minibatches, so the training set is read
 sequentially, once per unit, not at random rows per member.
 
-SIMD. Numba's loop vectoriser gives up on the short (16-wide) loops of this
-problem and its SLP vectoriser is off, so the kernel spells its SIMD out: a
-small vector type (:class:`_Vector`, 64 bytes: 8 float64 or 16 float32 lanes)
-whose load, store, broadcast and arithmetic are written as LLVM IR. W2 is held
-transposed, (n1, n2), so that a row is one or two vectors. Every operation is
-a plain IEEE multiply, add, subtract or divide, never a fused multiply-add, so
-a member's result depends on its own inputs only: it is bit-identical for any
-split of the members into blocks, any number of threads and any resume point.
+SIMD. The kernel is written with the explicit vectors of
+:mod:`phasearray.engines._simd` (64 bytes: 8 float64 or 16 float32 lanes). W2
+is held transposed, (n1, n2), so that a row is one or two vectors. Every
+operation is a plain IEEE multiply, add, subtract or divide, never a fused
+multiply-add, and a member's operations involve its own inputs only, so its
+result is bit-identical for any split of the members into blocks, any number
+of threads and any resume point. tanh is the vector tanh of that module,
+within 3 ulp of the exact value (NumPy's within about 1 ulp), so the engine
+follows the NumPy reference to round-off wherever the dynamics does not
+amplify it.
 
-tanh is evaluated on vectors too, as −expm1(−2a)/(2 + expm1(−2a)) with a
-Cody–Waite reduction and a polynomial (:func:`kernel_tanh`); it is within 3 ulp
-of the exact value (NumPy's within about 1 ulp), so the engine follows the
-NumPy reference to round-off wherever the dynamics does not amplify it.
+:meth:`NumbaEngine.train_observables` and :meth:`NumbaEngine.test_observables`
+are the checkpoint kernels of :mod:`phasearray.engines.fused_observables`.
 
-:meth:`NumbaEngine.train_observables` reuses the same forward and backward
-code for the training loss and gradient norm over the whole training set.
-
-Compilation takes ~20 s per precision (plus ~7 s for the observables) the
+Compilation takes ~20 s per precision (plus ~10 s for the observables) the
 first time; Numba caches the machine code next to this file (or in its user
 cache directory), so later processes, Dask workers included, load it at once.
 """
@@ -41,17 +38,27 @@ cache directory), so later processes, Dask workers included, load it at once.
 from __future__ import annotations
 
 import logging
-import math
-import operator
 from typing import Any, ClassVar
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, models, overload, register_model
+from numba import njit, prange
 
+from . import fused_observables
+from ._simd import (
+    ACTIVATION_CODES,
+    VECTOR_BYTES,
+    _activation,
+    _item,
+    _lanes,
+    _padded_transpose,
+    _vload,
+    _vsplat,
+    _vstore,
+    _vsum,
+    kernel_tanh,
+    tanh_constants,
+)
 from .base import Engine, SGDProblem, SGDState, require_W2_only
 
 __all__ = [
@@ -66,18 +73,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Bytes of one SIMD vector of the kernel (AVX-512 width; LLVM splits it into
-# two or four registers on CPUs with narrower ones).
-VECTOR_BYTES = 64
-
 # Steps whose minibatch rows are gathered into one contiguous buffer at a time.
 TILE_STEPS = 128
 
 # Most members in one work unit (one stream, trained by one thread in turn).
 UNIT_MEMBERS = 32
-
-# Integer codes of the activations inside the kernel.
-ACTIVATION_CODES = {"tanh": 0, "relu": 1, "identity": 2}
 
 
 class NumbaEngine(Engine):
@@ -115,7 +115,7 @@ class NumbaEngine(Engine):
         return state
 
     def _run_chunk(self, state: SGDState, indices: np.ndarray) -> None:
-        arrays = {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
+        arrays = self._contiguous(state)
         if not state.W2.flags.c_contiguous:
             raise ValueError(
                 "state.W2 must be C-contiguous to be updated in place by the numba "
@@ -145,359 +145,50 @@ class NumbaEngine(Engine):
     def train_observables(self, state: SGDState) -> tuple[np.ndarray, np.ndarray]:
         """Training loss L and gradient norm |∇_{W2} L|_F of every member.
 
-        The same quantities as :func:`phasearray.observables.loss_and_gradient`,
-        from the SGD kernel's own forward and backward passes over the training
-        set, four samples at a time, per member and in parallel.
+        The quantities of :func:`phasearray.observables.loss_and_gradient`,
+        from the checkpoint kernel of
+        :func:`phasearray.engines.fused_observables.train_observables`.
 
         Returns
         -------
         train_loss, grad_norm : dims (M,), in ``problem.dtype``
         """
-        arrays = {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
-        W2 = np.ascontiguousarray(state.W2)
-        loss = np.empty(W2.shape[0], W2.dtype)
-        grad_norm = np.empty(W2.shape[0], W2.dtype)
-        units = work_units(arrays["member_stream"], numba.get_num_threads())
+        arrays = self._contiguous(state)
         with numba.parallel_chunksize(1):
-            _train_observables(  # type: ignore[call-arg]  # Numba's stub: no args
-                W2,
+            return fused_observables.train_observables(
+                np.ascontiguousarray(state.W2),
                 arrays["phi1"],
                 arrays["y"],
                 arrays["W3"],
-                *units,
+                work_units(arrays["member_stream"], numba.get_num_threads()),
                 ACTIVATION_CODES[state.problem.activation],
-                *tanh_constants(W2.dtype),
-                loss,
-                grad_norm,
+                tanh_constants(state.W2.dtype),
             )
-        return loss, grad_norm
 
+    def test_observables(
+        self, state: SGDState, test: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Test loss, feature overlap and alignment of every member, fused.
 
-# --- SIMD vectors in Numba ------------------------------------------------------
-
-
-class _Vector(types.Type):
-    """One SIMD register of ``dtype`` lanes (float32 or float64)."""
-
-    def __init__(self, dtype: types.Float) -> None:
-        self.dtype = dtype
-        self.width = VECTOR_BYTES // (dtype.bitwidth // 8)
-        super().__init__(name=f"Vector({dtype}x{self.width})")
-
-
-@register_model(_Vector)
-class _VectorModel(models.PrimitiveModel):
-    def __init__(self, dmm: Any, fe_type: _Vector) -> None:
-        element = dmm.lookup(fe_type.dtype).get_value_type()
-        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.width))
-
-
-def _contiguous(array: Any) -> bool:
-    """Whether a Numba type is a C-contiguous float32 or float64 array."""
-    return (
-        isinstance(array, types.Array)
-        and array.layout == "C"
-        and array.dtype in (types.float32, types.float64)
-    )
-
-
-def _vector_pointer(context, builder, array_type, array, start, vector_type):
-    """Address of element ``start`` of a contiguous array, as a vector pointer."""
-    data = context.make_array(array_type)(context, builder, array).data
-    pointer = builder.gep(data, [start])
-    return builder.bitcast(pointer, context.get_value_type(vector_type).as_pointer())
-
-
-@intrinsic
-def _vload(typingctx, array, start):
-    """The vector of elements ``start, start + 1, …`` of a C-contiguous array."""
-    if not _contiguous(array):
-        return None
-    vector = _Vector(array.dtype)
-
-    def codegen(context, builder, sig, args):
-        pointer = _vector_pointer(context, builder, sig.args[0], *args, vector)
-        return builder.load(pointer, align=vector.dtype.bitwidth // 8)
-
-    return vector(array, start), codegen
-
-
-@intrinsic
-def _vstore(typingctx, array, start, value):
-    """Write ``value`` to elements ``start, start + 1, …`` of a C-contiguous array."""
-    if not (_contiguous(array) and value == _Vector(array.dtype)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        pointer = _vector_pointer(
-            context, builder, sig.args[0], args[0], args[1], sig.args[2]
-        )
-        builder.store(args[2], pointer, align=sig.args[2].dtype.bitwidth // 8)
-
-    return types.void(array, start, value), codegen
-
-
-@intrinsic
-def _vsplat(typingctx, x):
-    """A vector with every lane equal to the scalar ``x``."""
-    vector = _Vector(x)
-
-    def codegen(context, builder, sig, args):
-        undefined = ir.Constant(context.get_value_type(vector), ir.Undefined)
-        first = builder.insert_element(undefined, args[0], ir.IntType(32)(0))
-        mask = ir.Constant(
-            ir.VectorType(ir.IntType(32), vector.width), [0] * vector.width
-        )
-        return builder.shuffle_vector(first, first, mask)
-
-    return vector(x), codegen
-
-
-def _lane_wise(method: str) -> Any:
-    """An intrinsic applying ``builder.<method>`` to two vectors of one type."""
-
-    @intrinsic
-    def apply(typingctx, a, b):
-        if not (isinstance(a, _Vector) and a == b):
-            return None
-
-        def codegen(context, builder, sig, args):
-            return getattr(builder, method)(*args)
-
-        return a(a, b), codegen
-
-    return apply
-
-
-_vadd, _vsub, _vmul, _vdiv = (_lane_wise(m) for m in ("fadd", "fsub", "fmul", "fdiv"))
-
-
-def _register_operator(python_operator: Any, implementation: Any) -> None:
-    @overload(python_operator)
-    def vector_operator(a, b):
-        if isinstance(a, _Vector) and isinstance(b, _Vector):
-            return lambda a, b: implementation(a, b)
-        return None
-
-
-for _op, _impl in (
-    (operator.add, _vadd),
-    (operator.sub, _vsub),
-    (operator.mul, _vmul),
-    (operator.truediv, _vdiv),
-):
-    _register_operator(_op, _impl)
-
-
-def _llvm_math(builder, name, args):
-    """Call the LLVM intrinsic ``llvm.<name>`` on vectors."""
-    vector = args[0].type
-    suffix = "f64" if isinstance(vector.element, ir.DoubleType) else "f32"
-    signature = ir.FunctionType(vector, [a.type for a in args])
-    function = cgutils.get_or_insert_function(
-        builder.module, signature, f"llvm.{name}.v{vector.count}{suffix}"
-    )
-    return builder.call(function, args)
-
-
-@intrinsic
-def _lanes(typingctx, x):
-    """Lanes of a vector of the dtype of ``x`` (array or scalar), a constant."""
-    width = _Vector(x.dtype if isinstance(x, types.Array) else x).width
-
-    def codegen(context, builder, sig, args):
-        return context.get_constant(types.intp, width)
-
-    return types.intp(x), codegen
-
-
-@intrinsic
-def _item(typingctx, array, index):
-    """``array.flat[index]`` of a C-contiguous array, with no negative wraparound."""
-    if not _contiguous(array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        return builder.load(builder.gep(data, [args[1]]))
-
-    return array.dtype(array, index), codegen
-
-
-@intrinsic
-def _vsum(typingctx, a):
-    """Sum of the lanes of a vector, by halving: ((l0 + l4) + (l2 + l6)) + …"""
-    if not isinstance(a, _Vector):
-        return None
-
-    def codegen(context, builder, sig, args):
-        value, half = args[0], a.width // 2
-        while half >= 1:
-            upper = [half + lane for lane in range(half)]
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), half), upper)
-            lower = ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half)))
-            value = builder.fadd(
-                builder.shuffle_vector(value, value, lower),
-                builder.shuffle_vector(value, value, mask),
+        See :func:`phasearray.engines.fused_observables.test_observables`.
+        """
+        arrays = self._contiguous(state)
+        dtype = state.W2.dtype
+        with numba.parallel_chunksize(1):
+            return fused_observables.test_observables(
+                np.ascontiguousarray(state.W2),
+                np.ascontiguousarray(test["phi1"], dtype=dtype),
+                np.ascontiguousarray(test["y"], dtype=dtype),
+                arrays["W3"],
+                np.ascontiguousarray(test["phi2_initial"], dtype=dtype),
+                work_units(arrays["member_stream"], numba.get_num_threads()),
+                ACTIVATION_CODES[state.problem.activation],
+                tanh_constants(dtype),
             )
-            half //= 2
-        return builder.extract_element(value, ir.IntType(32)(0))
 
-    return a.dtype(a), codegen
-
-
-@intrinsic
-def _vabs(typingctx, a):
-    """|a| lane-wise."""
-    if not isinstance(a, _Vector):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _llvm_math(builder, "fabs", args)
-
-    return a(a), codegen
-
-
-@intrinsic
-def _vcopysign(typingctx, magnitude, sign):
-    """|magnitude| with the sign bit of ``sign``, lane-wise."""
-    if not (isinstance(magnitude, _Vector) and magnitude == sign):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _llvm_math(builder, "copysign", args)
-
-    return magnitude(magnitude, sign), codegen
-
-
-@intrinsic
-def _vwhere_greater(typingctx, a, b, x, y):
-    """``x`` where a > b, else ``y`` (so ``y`` where either is NaN), lane-wise."""
-    if not (isinstance(a, _Vector) and a == b == x == y):
-        return None
-
-    def codegen(context, builder, sig, args):
-        greater = builder.fcmp_ordered(">", args[0], args[1])
-        return builder.select(greater, args[2], args[3])
-
-    return a(a, b, x, y), codegen
-
-
-@intrinsic
-def _vexp2_integer(typingctx, k):
-    """2**k for integer-valued ``k`` in the normal exponent range, exactly.
-
-    Writes k + bias into the exponent field of the float format.
-    """
-    if not isinstance(k, _Vector):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vector = args[0].type
-        bits, bias, shift = (
-            (64, 1023, 52)
-            if isinstance(vector.element, ir.DoubleType)
-            else (32, 127, 23)
-        )
-        integers = ir.VectorType(ir.IntType(bits), vector.count)
-        n = builder.fptosi(args[0], integers)
-        n = builder.add(n, ir.Constant(integers, [bias] * vector.count))
-        n = builder.shl(n, ir.Constant(integers, [shift] * vector.count))
-        return builder.bitcast(n, vector)
-
-    return k(k), codegen
-
-
-# --- tanh on vectors ------------------------------------------------------------
-
-# Per precision: clamp beyond which tanh rounds to ±1, the round-to-integer
-# constant 1.5·2^p, ln 2 split into a high part with trailing zero bits and a
-# low part (Cody–Waite), and the degree of the Taylor polynomial of expm1 on
-# |r| ≤ ln(2)/2 (truncation below half an ulp).
-_TANH_FORMATS = {
-    np.dtype(np.float64): (
-        22.0,
-        1.5 * 2.0**52,
-        0.6931471803691238,
-        1.9082149292705877e-10,
-        13,
-    ),
-    np.dtype(np.float32): (10.0, 1.5 * 2.0**23, 0.693145751953125, 1.4286068e-06, 8),
-}
-
-
-def tanh_constants(dtype: Any) -> tuple[tuple[Any, ...], ...]:
-    """Constants of the kernel's tanh in ``dtype``.
-
-    Returns
-    -------
-    scalars : (clamp, 1/ln 2, round constant, ln2_hi, ln2_lo, 1, 2, −64)
-    even, odd : the coefficients c_n = 1/(n + 1)! of expm1(r)/r = Σ c_n r^n
-        with n even and n odd, highest first.
-    """
-    dtype = np.dtype(dtype)
-    clamp, rounder, ln2_hi, ln2_lo, degree = _TANH_FORMATS[dtype]
-    scalars = (clamp, 1 / math.log(2), rounder, ln2_hi, ln2_lo, 1.0, 2.0, -64.0)
-    coefficients = [1 / math.factorial(n + 1) for n in range(degree)]
-    even, odd = coefficients[0::2][::-1], coefficients[1::2][::-1]
-    return tuple(tuple(map(dtype.type, c)) for c in (scalars, even, odd))
-
-
-@njit
-def _tanh(z, tables):
-    """tanh of a vector, to ~3 ulp; ±inf → ±1, NaN → NaN.
-
-    tanh a = −e/(2 + e) with e = expm1(−2a), a = |z|; e = 2^k p + (2^k − 1)
-    with p = expm1(r), −2a = k ln 2 + r (Cody–Waite), and p = r Σ c_n r^n
-    evaluated as two Horner chains in r² (even and odd n) to halve latency.
-    """
-    scalars, even, odd = tables
-    clamp, inv_ln2, rounder, ln2_hi, ln2_lo, one, two, lowest = scalars
-    a = _vabs(z)
-    a = _vwhere_greater(a, _vsplat(clamp), _vsplat(clamp), a)
-    x = _vsplat(lowest - lowest) - (a + a)
-
-    # k = round(x / ln 2) by the add-and-subtract trick; r = x − k ln 2.
-    k = (x * _vsplat(inv_ln2) + _vsplat(rounder)) - _vsplat(rounder)
-    k = _vwhere_greater(k, _vsplat(lowest), k, _vsplat(one - one))
-    r = (x - k * _vsplat(ln2_hi)) - k * _vsplat(ln2_lo)
-
-    r2 = r * r
-    p_even = _vsplat(even[0])
-    for c in even[1:]:
-        p_even = p_even * r2 + _vsplat(c)
-    p_odd = _vsplat(odd[0])
-    for c in odd[1:]:
-        p_odd = p_odd * r2 + _vsplat(c)
-    p = (p_even + r * p_odd) * r
-
-    scale = _vexp2_integer(k)
-    e = scale * p + (scale - _vsplat(one))
-    return _vcopysign(e / (_vsplat(two) + e), z)
-
-
-def kernel_tanh(z: np.ndarray) -> np.ndarray:
-    """tanh of a 1-D float32 or float64 array, exactly as the kernel computes it.
-
-    Examples
-    --------
-    >>> kernel_tanh(np.array([0.0, 1.0, np.inf]))
-    array([0.        , 0.76159416, 1.        ])
-    """
-    z = np.asarray(z)
-    lanes = VECTOR_BYTES // z.itemsize
-    padded = np.zeros(-(-z.size // lanes) * lanes, z.dtype)
-    padded[: z.size] = z
-    return _tanh_lanes(padded, *tanh_constants(z.dtype))[: z.size]
-
-
-@njit(cache=True)
-def _tanh_lanes(z, scalars, even, odd):
-    out = np.empty_like(z)
-    for e in range(z.size // _lanes(z)):
-        start = e * _lanes(z)
-        _vstore(out, start, _tanh(_vload(z, start), (scalars, even, odd)))
-    return out
+    @staticmethod
+    def _contiguous(state: SGDState) -> dict[str, np.ndarray]:
+        return {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
 
 
 # --- the kernel -----------------------------------------------------------------
@@ -559,23 +250,10 @@ def _forward_four(WT, X, row, H, P, start, jv, dims, code, tables):
 
 @njit
 def _activate(z, H, P, start, code, tables):
-    """Store φ(z) in H and φ'(z) in P from ``start`` on, as in activations.py.
-
-    tanh' = 1 − h²; relu = max(z, 0) keeping NaN, relu' = [z > 0];
-    identity' = 1.
-    """
-    one = _vsplat(tables[0][5])
-    zero = one - one
-    if code == 0:
-        h = _tanh(z, tables)
-        _vstore(H, start, h)
-        _vstore(P, start, one - h * h)
-    elif code == 1:
-        _vstore(H, start, _vwhere_greater(zero, z, zero, z))
-        _vstore(P, start, _vwhere_greater(z, zero, one, zero))
-    else:
-        _vstore(H, start, z)
-        _vstore(P, start, one)
+    """Store φ(z) in H and φ'(z) in P from ``start`` on (see _simd._activation)."""
+    h, p = _activation(z, code, tables, False)
+    _vstore(H, start, h)
+    _vstore(P, start, p)
 
 
 @njit
@@ -643,17 +321,6 @@ def _sgd_steps(WT, V, X, Y, steps, step, dims, code, tables, scratch):
         _forward(WT, X, k * B * n1, H, P, dims, code, tables)
         _delta(H, P, V, Y, k * B * n3, E, D, dims)
         _update(WT, D, X, k * B * n1, step, dims)
-
-
-@njit
-def _padded_transpose(matrix, out):
-    """out[c * width + r] = matrix[r, c] for a (rows, cols) matrix; rest zero."""
-    rows, cols = matrix.shape
-    width = out.size // cols
-    out[:] = 0
-    for r in range(rows):
-        for c in range(cols):
-            out[c * width + r] = matrix[r, c]
 
 
 @njit
@@ -755,82 +422,6 @@ def _sgd_chunk(
             dims,
             code,
             (scalars, even, odd),
-        )
-
-
-@njit
-def _observe_unit(W2, phi1, y, W3, members, dims, code, tables, loss, grad_norm):
-    """L and |∇L|_F over the whole training set for the members of one stream.
-
-    The training set is swept in batches of (up to) four samples; the gradient
-    sum G = Σ_α δ_α φ1_αᵀ is accumulated with :func:`_update` at step −1.
-    """
-    n1, n2p, nv, n3, _ = dims
-    n, n2, dtype = phi1.shape[0], W2.shape[1], W2.dtype
-    X, Y = phi1.reshape(n * n1), y.reshape(n * n3)
-    WT = np.empty(n1 * n2p, dtype)
-    G = np.empty(n1 * n2p, dtype)
-    V = np.empty(n3 * n2p, dtype)
-    _padded_transpose(W3.T, V)
-    H = np.empty(4 * n2p, dtype)
-    P = np.empty(4 * n2p, dtype)
-    D = np.empty(4 * n2p, dtype)
-    E = np.empty(4 * n3, dtype)
-    minus_one = -tables[0][5]
-
-    for m in members:
-        _padded_transpose(W2[m], WT)
-        G[:] = 0
-        total = 0.0
-        for start in range(0, n, 4):
-            batch = (n1, n2p, nv, n3, min(4, n - start))
-            _forward(WT, X, start * n1, H, P, batch, code, tables)
-            _delta(H, P, V, Y, start * n3, E, D, batch)
-            for e in range(batch[4] * n3):
-                total += E[e] * E[e]
-            _update(G, D, X, start * n1, minus_one, batch)
-        squares = 0.0
-        for i in range(n1):
-            for j in range(n2):
-                squares += G[i * n2p + j] * G[i * n2p + j]
-        loss[m] = 0.5 * total / n
-        grad_norm[m] = np.sqrt(squares) / n
-
-
-@njit(parallel=True, fastmath=False, cache=True)
-def _train_observables(
-    W2,
-    phi1,
-    y,
-    W3,
-    unit_stream,
-    unit_start,
-    unit_members,
-    code,
-    scalars,
-    even,
-    odd,
-    loss,
-    grad_norm,
-):
-    """Fill ``loss`` and ``grad_norm`` (M,) for every member; see _sgd_chunk."""
-    n2, n1 = W2.shape[1], W2.shape[2]
-    nv = -(-n2 // _lanes(W2))
-    dims = (n1, nv * _lanes(W2), nv, W3.shape[1], 4)
-    for u in prange(unit_stream.size):
-        s = unit_stream[u]
-        members = unit_members[unit_start[u] : unit_start[u + 1]]
-        _observe_unit(
-            W2,
-            phi1[s],
-            y[s],
-            W3[s],
-            members,
-            dims,
-            code,
-            (scalars, even, odd),
-            loss,
-            grad_norm,
         )
 
 
