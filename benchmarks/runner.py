@@ -25,9 +25,15 @@ Printed lines, ``key=value`` separated by spaces::
     engine=peer_torch dtype=<dtype> skipped (<reason>)
     engine=<name> dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=<r> \
 fraction_of_limit=<f> model_steps_per_cpu_s=<x> models=<M> steps=<S> seconds=<t>
-    observables seconds_per_checkpoint=<x> engine=<name> models=<M> samples=<n>
+    observables seconds_per_checkpoint=<x> engine=<name> models=<M> samples=<n> \
+fraction_of_quick_training=<f>
 
 ``ratio_vs_peer`` is ``nan`` where the peer was skipped.
+``fraction_of_quick_training`` is the time of the checkpoint observables over
+the training time at the schedule of ``pipelines/quick.yaml`` (30 checkpoints
+in 1e5 steps), from this run's seconds per checkpoint and the engine's float64
+rate: n_checkpoints · seconds · rate / (steps · M); ``nan`` where float64 was
+not timed.
 """
 
 from __future__ import annotations
@@ -49,10 +55,11 @@ import numpy as np
 
 from phasearray import observables as obs
 from phasearray.checkpoint import checkpoint_observables
+from phasearray.config import load_pipeline
 from phasearray.engines import SGDProblem, available_engines, get_engine
 from phasearray.ensemble import make_ensemble, sgd_problem, stream_key, teacher_outputs
 
-__all__ = ["Workload", "default_peer_path", "main", "make_workload"]
+__all__ = ["Workload", "default_peer_path", "main", "make_workload", "quick_fraction"]
 
 WIDTHS = (3, 32, 16, 1)
 T_GRID = 2.0 ** np.arange(-5, 7)
@@ -202,6 +209,21 @@ def time_observables(name: str, workload: Workload, repeats: int = 3) -> float:
     return best
 
 
+def quick_fraction(seconds: float, models: int, rate: float) -> float:
+    """Checkpoint observables over training time at quick.yaml's schedule.
+
+    Parameters
+    ----------
+    seconds : float
+        One checkpoint's observables of ``models`` members.
+    rate : float
+        The engine's training rate, model-steps/s.
+    """
+    quick = load_pipeline("quick")
+    checkpoints, steps = len(quick.checkpoints), quick.train.steps
+    return checkpoints * seconds * rate / (steps * models)
+
+
 def matmul_gflops(dtype: str, n: int = 1500, repeats: int = 3) -> float:
     """GFLOP/s of an n × n NumPy matmul here (best of a few)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
@@ -295,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer_path = args.peer or default_peer_path()
 
     threads = _threads(args.threads)
+    rates: dict[tuple[str, str], float] = {}
     gflops = {d: matmul_gflops(d) for d in DTYPES}
     print(
         f"machine dgemm_gflops={gflops['float64']:.3g} "
@@ -327,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             start = time.perf_counter()
             rate, cpu_rate = time_engine(name, workload, args.steps, args.repeats)
+            rates[name, dtype] = rate
             line = engine_line(
                 name,
                 dtype,
@@ -344,9 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload = make_workload(args.models, "float64")
         for name in [n for n in names if n in HOST_ENGINES]:
             seconds = time_observables(name, workload)
+            M = workload.problem.n_members
+            fraction = quick_fraction(
+                seconds, M, rates.get((name, "float64"), math.nan)
+            )
             print(
                 f"observables seconds_per_checkpoint={seconds:.3g} engine={name} "
-                f"models={workload.problem.n_members} samples={N_TRAIN}",
+                f"models={M} samples={N_TRAIN} "
+                f"fraction_of_quick_training={fraction:.3g}",
                 flush=True,
             )
     return 0

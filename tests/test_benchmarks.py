@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,9 +53,18 @@ def test_tiny_run_prints_positive_rates_for_each_engine() -> None:
     for o in observables:
         assert float(o["seconds_per_checkpoint"]) > 0
         assert o["models"] == "24"
+        assert float(o["fraction_of_quick_training"]) > 0
 
     machine = fields(next(ln for ln in lines if ln.startswith("machine ")))
     assert float(machine["dgemm_gflops"]) > 0
+
+
+def test_quick_fraction_counts_quick_yaml_checkpoints_and_steps() -> None:
+    from benchmarks.runner import quick_fraction
+
+    # 30 checkpoints of 0.1 s for 1000 models training at 1e7 model-steps/s:
+    # 3 s against 1e5 · 1000 / 1e7 = 10 s of training
+    assert quick_fraction(0.1, 1000, 1e7) == pytest.approx(0.3, rel=1e-12)
 
 
 def test_a_missing_peer_is_reported_as_skipped(tmp_path: Path) -> None:
