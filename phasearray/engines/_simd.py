@@ -40,11 +40,17 @@ ACTIVATION_CODES = {"tanh": 0, "relu": 1, "identity": 2}
 
 
 class _Vector(types.Type):
-    """One SIMD register of ``dtype`` lanes (float32 or float64)."""
+    """One SIMD register of ``dtype`` lanes (float32 or float64), or ``count``.
 
-    def __init__(self, dtype: types.Float) -> None:
+    A vector of several registers (see :func:`_vjoin`) is one LLVM vector,
+    split by LLVM into registers with each operation issued for all of them
+    in turn: independent work placed side by side for the out-of-order core.
+    """
+
+    def __init__(self, dtype: types.Float, count: int = 1) -> None:
         self.dtype = dtype
-        self.width = VECTOR_BYTES // (dtype.bitwidth // 8)
+        self.count = count
+        self.width = count * VECTOR_BYTES // (dtype.bitwidth // 8)
         super().__init__(name=f"Vector({dtype}x{self.width})")
 
 
@@ -114,6 +120,62 @@ def _vsplat(typingctx, x):
         return builder.shuffle_vector(first, first, mask)
 
     return vector(x), codegen
+
+
+@intrinsic
+def _vfill(typingctx, like, x):
+    """A vector of the type of ``like`` with every lane equal to the scalar ``x``."""
+    if not (isinstance(like, _Vector) and x == like.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        undefined = ir.Constant(context.get_value_type(like), ir.Undefined)
+        first = builder.insert_element(undefined, args[1], ir.IntType(32)(0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), like.width), [0] * like.width)
+        return builder.shuffle_vector(first, first, mask)
+
+    return like(like, x), codegen
+
+
+@intrinsic
+def _vjoin(typingctx, a, b):
+    """The lanes of ``a`` then those of ``b``, as one vector of twice the width."""
+    if not (isinstance(a, _Vector) and a == b):
+        return None
+    joined = _Vector(a.dtype, 2 * a.count)
+
+    def codegen(context, builder, sig, args):
+        lanes = ir.Constant(
+            ir.VectorType(ir.IntType(32), joined.width), list(range(joined.width))
+        )
+        return builder.shuffle_vector(args[0], args[1], lanes)
+
+    return joined(a, b), codegen
+
+
+def _half(upper: bool) -> Any:
+    """An intrinsic taking the lower or upper half of the lanes of a vector."""
+
+    @intrinsic
+    def half(typingctx, a):
+        if not (isinstance(a, _Vector) and a.count % 2 == 0):
+            return None
+        halved = _Vector(a.dtype, a.count // 2)
+
+        def codegen(context, builder, sig, args):
+            first = halved.width if upper else 0
+            lanes = ir.Constant(
+                ir.VectorType(ir.IntType(32), halved.width),
+                list(range(first, first + halved.width)),
+            )
+            return builder.shuffle_vector(args[0], args[0], lanes)
+
+        return halved(a), codegen
+
+    return half
+
+
+_vlow, _vhigh = _half(False), _half(True)
 
 
 def _lane_wise(method: str) -> Any:
@@ -338,13 +400,13 @@ def _tanh_reduction(z, tables):
     """k and r with −2a = k ln 2 + r, a = min(|z|, clamp) (Cody–Waite)."""
     clamp, inv_ln2, rounder, ln2_hi, ln2_lo, one, _, lowest = tables[0]
     a = _vabs(z)
-    a = _vwhere_greater(a, _vsplat(clamp), _vsplat(clamp), a)
-    x = _vsplat(lowest - lowest) - (a + a)
+    a = _vwhere_greater(a, _vfill(z, clamp), _vfill(z, clamp), a)
+    x = _vfill(z, lowest - lowest) - (a + a)
 
     # k = round(x / ln 2) by the add-and-subtract trick; r = x − k ln 2.
-    k = (x * _vsplat(inv_ln2) + _vsplat(rounder)) - _vsplat(rounder)
-    k = _vwhere_greater(k, _vsplat(lowest), k, _vsplat(one - one))
-    r = (x - k * _vsplat(ln2_hi)) - k * _vsplat(ln2_lo)
+    k = (x * _vfill(z, inv_ln2) + _vfill(z, rounder)) - _vfill(z, rounder)
+    k = _vwhere_greater(k, _vfill(z, lowest), k, _vfill(z, one - one))
+    r = (x - k * _vfill(z, ln2_hi)) - k * _vfill(z, ln2_lo)
     return k, r
 
 
@@ -353,8 +415,8 @@ def _tanh_result(z, k, p, tables):
     """tanh z from k and p = expm1(r): e = 2^k p + (2^k − 1), −e/(2 + e) signed."""
     one, two = tables[0][5], tables[0][6]
     scale = _vexp2_integer(k)
-    e = scale * p + (scale - _vsplat(one))
-    return _vcopysign(e / (_vsplat(two) + e), z)
+    e = scale * p + (scale - _vfill(z, one))
+    return _vcopysign(e / (_vfill(z, two) + e), z)
 
 
 @njit
@@ -368,12 +430,12 @@ def _tanh(z, tables):
     _, even, odd = tables
     k, r = _tanh_reduction(z, tables)
     r2 = r * r
-    p_even = _vsplat(even[0])
+    p_even = _vfill(z, even[0])
     for c in even[1:]:
-        p_even = p_even * r2 + _vsplat(c)
-    p_odd = _vsplat(odd[0])
+        p_even = p_even * r2 + _vfill(z, c)
+    p_odd = _vfill(z, odd[0])
     for c in odd[1:]:
-        p_odd = p_odd * r2 + _vsplat(c)
+        p_odd = p_odd * r2 + _vfill(z, c)
     return _tanh_result(z, k, (p_even + r * p_odd) * r, tables)
 
 
@@ -387,12 +449,12 @@ def _tanh_fused(z, tables):
     _, even, odd = tables
     k, r = _tanh_reduction(z, tables)
     r2 = r * r
-    p_even = _vsplat(even[0])
+    p_even = _vfill(z, even[0])
     for c in even[1:]:
-        p_even = _vfma(p_even, r2, _vsplat(c))
-    p_odd = _vsplat(odd[0])
+        p_even = _vfma(p_even, r2, _vfill(z, c))
+    p_odd = _vfill(z, odd[0])
     for c in odd[1:]:
-        p_odd = _vfma(p_odd, r2, _vsplat(c))
+        p_odd = _vfma(p_odd, r2, _vfill(z, c))
     return _tanh_result(z, k, _vfma(r, p_odd, p_even) * r, tables)
 
 
@@ -404,7 +466,7 @@ def _activation(z, code, tables, fused):
     (with :func:`_tanh_fused` where ``fused``); relu = max(z, 0) keeping NaN,
     relu' = [z > 0]; identity' = 1.
     """
-    one = _vsplat(tables[0][5])
+    one = _vfill(z, tables[0][5])
     zero = one - one
     if code == 0:
         h = _tanh_fused(z, tables) if fused else _tanh(z, tables)

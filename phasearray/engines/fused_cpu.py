@@ -27,6 +27,13 @@ within 3 ulp of the exact value (NumPy's within about 1 ulp), so the engine
 follows the NumPy reference to round-off wherever the dynamics does not
 amplify it.
 
+Groups of members. Where |B| = 4, n3 = 1 and n2 fits in two vectors (the
+usual case), a unit's members go through each tile two (nv = 2) or four
+(nv = 1) at a time: their minibatches are the same, so one broadcast of φ1
+serves four vector columns of W2ᵀ, the four columns' chains of dependent
+operations overlap, and tanh is evaluated on four vectors side by side. Each
+member's own operations, and their order, are those of the one-member code.
+
 :meth:`NumbaEngine.train_observables` and :meth:`NumbaEngine.test_observables`
 are the checkpoint kernels of :mod:`phasearray.engines.fused_observables`.
 
@@ -52,7 +59,10 @@ from ._simd import (
     _item,
     _lanes,
     _padded_transpose,
+    _vhigh,
+    _vjoin,
     _vload,
+    _vlow,
     _vsplat,
     _vstore,
     _vsum,
@@ -256,6 +266,28 @@ def _activate(z, H, P, start, code, tables):
     _vstore(P, start, p)
 
 
+@njit(inline="always")
+def _activate_four(z0, z1, z2, z3, H, P, start, stride, code, tables):
+    """:func:`_activate` of four vectors, stored from start + b·stride, b < 4.
+
+    φ is evaluated on the four joined into one vector, so that the long chain
+    of dependent operations of tanh runs four times side by side; every lane
+    gets the same operations as from :func:`_activate`. φ comes from
+    :func:`~phasearray.engines._simd._activation`, which takes no arrays: where
+    a branch of an inlined function passes arrays to a call, Numba keeps their
+    reference counting, at a cost of atomic increments in every step.
+    """
+    h, p = _activation(_vjoin(_vjoin(z0, z1), _vjoin(z2, z3)), code, tables, False)
+    _vstore(H, start, _vlow(_vlow(h)))
+    _vstore(H, start + stride, _vhigh(_vlow(h)))
+    _vstore(H, start + 2 * stride, _vlow(_vhigh(h)))
+    _vstore(H, start + 3 * stride, _vhigh(_vhigh(h)))
+    _vstore(P, start, _vlow(_vlow(p)))
+    _vstore(P, start + stride, _vhigh(_vlow(p)))
+    _vstore(P, start + 2 * stride, _vlow(_vhigh(p)))
+    _vstore(P, start + 3 * stride, _vhigh(_vhigh(p)))
+
+
 @njit
 def _delta(H, P, V, Y, y0, E, D, dims):
     """E[b] = W3 h_b − y_b, then D[b, :] = (W3ᵀ E[b]) ⊙ φ'(z_b)."""
@@ -312,6 +344,232 @@ def _update_four(WT, D, X, x0, step, dims):
             _vstore(WT, i * n2p + jv, w)
 
 
+# --- several members at once -----------------------------------------------------
+#
+# Where |B| = 4, n3 = 1 and nv ≤ 2 (the common case), a unit trains two (nv = 2)
+# or four (nv = 1) of its members side by side: their minibatches are the same,
+# so each broadcast of φ1 serves four vector columns, and the four columns'
+# chains of dependent operations overlap. A column is one vector of lanes of
+# one member's W2ᵀ: w is its offset in the unit's WT buffer (u · n1 · n2p + j)
+# and h its offset in the H, P and D buffers, which hold one (B, n2p) slot per
+# member (slot · B · n2p + j). Each column gets exactly the operations of the
+# one-member code above, in the same order, so the results are bit-identical.
+
+
+@njit(inline="always")
+def _forward_cols4(WT, w, H, P, h, X, row, dims, code, tables):
+    """:func:`_forward_four` for the four columns at offsets w (in WT) and h."""
+    n1, n2p = dims[0], dims[1]
+    w0, w1, w2, w3 = w
+    x0 = _vsplat(_item(X, row))
+    x1 = _vsplat(_item(X, row + n1))
+    x2 = _vsplat(_item(X, row + 2 * n1))
+    x3 = _vsplat(_item(X, row + 3 * n1))
+    wa, wb, wc, wd = _vload(WT, w0), _vload(WT, w1), _vload(WT, w2), _vload(WT, w3)
+    a0, a1, a2, a3 = wa * x0, wa * x1, wa * x2, wa * x3
+    b0, b1, b2, b3 = wb * x0, wb * x1, wb * x2, wb * x3
+    c0, c1, c2, c3 = wc * x0, wc * x1, wc * x2, wc * x3
+    d0, d1, d2, d3 = wd * x0, wd * x1, wd * x2, wd * x3
+    for i in range(1, n1):
+        x0 = _vsplat(_item(X, row + i))
+        x1 = _vsplat(_item(X, row + n1 + i))
+        x2 = _vsplat(_item(X, row + 2 * n1 + i))
+        x3 = _vsplat(_item(X, row + 3 * n1 + i))
+        r = i * n2p
+        wa, wb = _vload(WT, w0 + r), _vload(WT, w1 + r)
+        wc, wd = _vload(WT, w2 + r), _vload(WT, w3 + r)
+        a0, a1, a2, a3 = a0 + wa * x0, a1 + wa * x1, a2 + wa * x2, a3 + wa * x3
+        b0, b1, b2, b3 = b0 + wb * x0, b1 + wb * x1, b2 + wb * x2, b3 + wb * x3
+        c0, c1, c2, c3 = c0 + wc * x0, c1 + wc * x1, c2 + wc * x2, c3 + wc * x3
+        d0, d1, d2, d3 = d0 + wd * x0, d1 + wd * x1, d2 + wd * x2, d3 + wd * x3
+    _activate_four(a0, a1, a2, a3, H, P, h[0], n2p, code, tables)
+    _activate_four(b0, b1, b2, b3, H, P, h[1], n2p, code, tables)
+    _activate_four(c0, c1, c2, c3, H, P, h[2], n2p, code, tables)
+    _activate_four(d0, d1, d2, d3, H, P, h[3], n2p, code, tables)
+
+
+@njit(inline="always")
+def _forward_cols2(WT, w, H, P, h, X, row, dims, code, tables):
+    """:func:`_forward_cols4` for two columns."""
+    n1, n2p = dims[0], dims[1]
+    w0, w1 = w
+    x0 = _vsplat(_item(X, row))
+    x1 = _vsplat(_item(X, row + n1))
+    x2 = _vsplat(_item(X, row + 2 * n1))
+    x3 = _vsplat(_item(X, row + 3 * n1))
+    wa, wb = _vload(WT, w0), _vload(WT, w1)
+    a0, a1, a2, a3 = wa * x0, wa * x1, wa * x2, wa * x3
+    b0, b1, b2, b3 = wb * x0, wb * x1, wb * x2, wb * x3
+    for i in range(1, n1):
+        x0 = _vsplat(_item(X, row + i))
+        x1 = _vsplat(_item(X, row + n1 + i))
+        x2 = _vsplat(_item(X, row + 2 * n1 + i))
+        x3 = _vsplat(_item(X, row + 3 * n1 + i))
+        wa, wb = _vload(WT, w0 + i * n2p), _vload(WT, w1 + i * n2p)
+        a0, a1, a2, a3 = a0 + wa * x0, a1 + wa * x1, a2 + wa * x2, a3 + wa * x3
+        b0, b1, b2, b3 = b0 + wb * x0, b1 + wb * x1, b2 + wb * x2, b3 + wb * x3
+    _activate_four(a0, a1, a2, a3, H, P, h[0], n2p, code, tables)
+    _activate_four(b0, b1, b2, b3, H, P, h[1], n2p, code, tables)
+
+
+@njit(inline="always")
+def _delta_four(H, P, D, h, V, Y, y0, dims, nv):
+    """:func:`_delta` for |B| = 4 and n3 = 1 on the member slot from h.
+
+    Straight-line, with ``nv`` (1 or 2) a constant at the call site: a call of
+    the generic :func:`_delta`, with its short runtime loops, costs about as
+    much as its arithmetic. E is not kept (SGD does not need it).
+    """
+    n2p, L = dims[1], _lanes(H)
+    v0 = _vload(V, 0)
+    v1 = _vload(V, L) if nv == 2 else v0
+    for b in range(4):
+        r = h + b * n2p
+        acc = _vload(H, r) * v0
+        if nv == 2:
+            acc = acc + _vload(H, r + L) * v1
+        e = _vsplat(_vsum(acc) - _item(Y, y0 + b))
+        _vstore(D, r, (e * v0) * _vload(P, r))
+        if nv == 2:
+            _vstore(D, r + L, (e * v1) * _vload(P, r + L))
+
+
+@njit(inline="always")
+def _update_cols4(WT, w, D, h, step, X, x0, dims):
+    """:func:`_update_four` for the four columns at offsets w and h, steps ``step``."""
+    n1, n2p = dims[0], dims[1]
+    w0, w1, w2, w3 = w
+    a0, a1 = _vload(D, h[0]), _vload(D, h[0] + n2p)
+    a2, a3 = _vload(D, h[0] + 2 * n2p), _vload(D, h[0] + 3 * n2p)
+    b0, b1 = _vload(D, h[1]), _vload(D, h[1] + n2p)
+    b2, b3 = _vload(D, h[1] + 2 * n2p), _vload(D, h[1] + 3 * n2p)
+    c0, c1 = _vload(D, h[2]), _vload(D, h[2] + n2p)
+    c2, c3 = _vload(D, h[2] + 2 * n2p), _vload(D, h[2] + 3 * n2p)
+    d0, d1 = _vload(D, h[3]), _vload(D, h[3] + n2p)
+    d2, d3 = _vload(D, h[3] + 2 * n2p), _vload(D, h[3] + 3 * n2p)
+    sa, sb = _vsplat(step[0]), _vsplat(step[1])
+    sc, sd = _vsplat(step[2]), _vsplat(step[3])
+    for i in range(n1):
+        x0s = _vsplat(_item(X, x0 + i))
+        x1s = _vsplat(_item(X, x0 + n1 + i))
+        x2s = _vsplat(_item(X, x0 + 2 * n1 + i))
+        x3s = _vsplat(_item(X, x0 + 3 * n1 + i))
+        ga, gb = a0 * x0s + a1 * x1s, b0 * x0s + b1 * x1s
+        gc, gd = c0 * x0s + c1 * x1s, d0 * x0s + d1 * x1s
+        ga, gb, gc, gd = ga + a2 * x2s, gb + b2 * x2s, gc + c2 * x2s, gd + d2 * x2s
+        ga, gb, gc, gd = ga + a3 * x3s, gb + b3 * x3s, gc + c3 * x3s, gd + d3 * x3s
+        r = i * n2p
+        _vstore(WT, w0 + r, _vload(WT, w0 + r) - sa * ga)
+        _vstore(WT, w1 + r, _vload(WT, w1 + r) - sb * gb)
+        _vstore(WT, w2 + r, _vload(WT, w2 + r) - sc * gc)
+        _vstore(WT, w3 + r, _vload(WT, w3 + r) - sd * gd)
+
+
+@njit(inline="always")
+def _update_cols2(WT, w, D, h, step, X, x0, dims):
+    """:func:`_update_cols4` for two columns."""
+    n1, n2p = dims[0], dims[1]
+    w0, w1 = w
+    a0, a1 = _vload(D, h[0]), _vload(D, h[0] + n2p)
+    a2, a3 = _vload(D, h[0] + 2 * n2p), _vload(D, h[0] + 3 * n2p)
+    b0, b1 = _vload(D, h[1]), _vload(D, h[1] + n2p)
+    b2, b3 = _vload(D, h[1] + 2 * n2p), _vload(D, h[1] + 3 * n2p)
+    sa, sb = _vsplat(step[0]), _vsplat(step[1])
+    for i in range(n1):
+        x0s = _vsplat(_item(X, x0 + i))
+        x1s = _vsplat(_item(X, x0 + n1 + i))
+        x2s = _vsplat(_item(X, x0 + 2 * n1 + i))
+        x3s = _vsplat(_item(X, x0 + 3 * n1 + i))
+        ga, gb = a0 * x0s + a1 * x1s, b0 * x0s + b1 * x1s
+        ga, gb = ga + a2 * x2s, gb + b2 * x2s
+        ga, gb = ga + a3 * x3s, gb + b3 * x3s
+        r = i * n2p
+        _vstore(WT, w0 + r, _vload(WT, w0 + r) - sa * ga)
+        _vstore(WT, w1 + r, _vload(WT, w1 + r) - sb * gb)
+
+
+@njit
+def _sgd_steps_cols4(WT, w, h, step, V, X, Y, steps, dims, code, tables, HPD):
+    """Run ``steps`` SGD steps of the members of four columns (see above).
+
+    The columns are those of two members where nv = 2, of four where nv = 1;
+    ``step`` is the ε/|B| of each column's member.
+    """
+    n1, _, nv, _, B = dims
+    H, P, D = HPD
+    if nv == 2:
+        for k in range(steps):
+            _forward_cols4(WT, w, H, P, h, X, k * B * n1, dims, code, tables)
+            _delta_four(H, P, D, h[0], V, Y, k * B, dims, 2)
+            _delta_four(H, P, D, h[2], V, Y, k * B, dims, 2)
+            _update_cols4(WT, w, D, h, step, X, k * B * n1, dims)
+    else:
+        for k in range(steps):
+            _forward_cols4(WT, w, H, P, h, X, k * B * n1, dims, code, tables)
+            _delta_four(H, P, D, h[0], V, Y, k * B, dims, 1)
+            _delta_four(H, P, D, h[1], V, Y, k * B, dims, 1)
+            _delta_four(H, P, D, h[2], V, Y, k * B, dims, 1)
+            _delta_four(H, P, D, h[3], V, Y, k * B, dims, 1)
+            _update_cols4(WT, w, D, h, step, X, k * B * n1, dims)
+
+
+@njit
+def _sgd_steps_cols2(WT, w, h, step, V, X, Y, steps, dims, code, tables, HPD):
+    """:func:`_sgd_steps_cols4` for two columns: one member (nv = 2) or two."""
+    n1, _, nv, _, B = dims
+    H, P, D = HPD
+    if nv == 2:
+        for k in range(steps):
+            _forward_cols2(WT, w, H, P, h, X, k * B * n1, dims, code, tables)
+            _delta_four(H, P, D, h[0], V, Y, k * B, dims, 2)
+            _update_cols2(WT, w, D, h, step, X, k * B * n1, dims)
+    else:
+        for k in range(steps):
+            _forward_cols2(WT, w, H, P, h, X, k * B * n1, dims, code, tables)
+            _delta_four(H, P, D, h[0], V, Y, k * B, dims, 1)
+            _delta_four(H, P, D, h[1], V, Y, k * B, dims, 1)
+            _update_cols2(WT, w, D, h, step, X, k * B * n1, dims)
+
+
+@njit
+def _sgd_steps_grouped(WT, V, X, Y, steps, steps_u, dims, code, tables, HPD):
+    """Run ``steps`` SGD steps of the members of a unit, in groups of columns.
+
+    ``steps_u`` is the ε/|B| of each member, in the order of WT's rows.
+    Returns how many members (from the first) were trained: all but the last
+    of an odd count where nv = 1, which is left to :func:`_sgd_steps`.
+    """
+    n1, n2p, nv, _, B = dims
+    S, L, slot = n1 * n2p, _lanes(WT), B * n2p
+    count = steps_u.size
+    u = 0
+    if nv == 2:
+        while u + 2 <= count:
+            w = (u * S, u * S + L, (u + 1) * S, (u + 1) * S + L)
+            h = (0, L, slot, slot + L)
+            sa, sb = steps_u[u], steps_u[u + 1]
+            step = (sa, sa, sb, sb)
+            _sgd_steps_cols4(WT, w, h, step, V, X, Y, steps, dims, code, tables, HPD)
+            u += 2
+        if u < count:
+            w2, h2, step2 = (u * S, u * S + L), (0, L), (steps_u[u], steps_u[u])
+            _sgd_steps_cols2(WT, w2, h2, step2, V, X, Y, steps, dims, code, tables, HPD)
+            u += 1
+    else:
+        while u + 4 <= count:
+            w = (u * S, (u + 1) * S, (u + 2) * S, (u + 3) * S)
+            h = (0, slot, 2 * slot, 3 * slot)
+            step = (steps_u[u], steps_u[u + 1], steps_u[u + 2], steps_u[u + 3])
+            _sgd_steps_cols4(WT, w, h, step, V, X, Y, steps, dims, code, tables, HPD)
+            u += 4
+        while u + 2 <= count:
+            w2, h2 = (u * S, (u + 1) * S), (0, slot)
+            step2 = (steps_u[u], steps_u[u + 1])
+            _sgd_steps_cols2(WT, w2, h2, step2, V, X, Y, steps, dims, code, tables, HPD)
+            u += 2
+    return u
+
+
 @njit
 def _sgd_steps(WT, V, X, Y, steps, step, dims, code, tables, scratch):
     """Run ``steps`` SGD steps of one member on the rows of a gathered tile."""
@@ -345,7 +603,7 @@ def _train_unit(W2, phi1, y, W3, step_size, indices, members, dims, code, tables
     The members' W2ᵀ stay in local buffers for the whole chunk; the rows of
     each tile of :data:`TILE_STEPS` steps are gathered once for all of them.
     """
-    n1, n2p, _, n3, B = dims
+    n1, n2p, nv, n3, B = dims
     K, dtype = indices.shape[0], W2.dtype
     WT = np.empty((members.size, n1 * n2p), dtype)
     for u in range(members.size):
@@ -360,13 +618,21 @@ def _train_unit(W2, phi1, y, W3, step_size, indices, members, dims, code, tables
         np.empty(B * n2p, dtype),
         np.empty(B * n3, dtype),
     )
+    grouped = B == 4 and nv <= 2 and n3 == 1
+    slots = 4 * B * n2p if grouped else 0
+    HPD = (np.empty(slots, dtype), np.empty(slots, dtype), np.empty(slots, dtype))
+    steps_u = step_size[members]
 
     for t0 in range(0, K, TILE_STEPS):
         steps = min(TILE_STEPS, K - t0)
         _gather(phi1, y, indices, t0, steps, X, Y)
-        for u in range(members.size):
+        u = 0
+        if grouped:
+            u = _sgd_steps_grouped(WT, V, X, Y, steps, steps_u, dims, code, tables, HPD)
+        while u < members.size:
             step = step_size[members[u]]
             _sgd_steps(WT[u], V, X, Y, steps, step, dims, code, tables, scratch)
+            u += 1
 
     for u in range(members.size):
         W2[members[u]] = WT[u].reshape(n1, n2p)[:, : W2.shape[1]].T
