@@ -37,7 +37,7 @@ member's own operations, and their order, are those of the one-member code.
 :meth:`NumbaEngine.train_observables` and :meth:`NumbaEngine.test_observables`
 are the checkpoint kernels of :mod:`phasearray.engines.fused_observables`.
 
-Compilation takes ~20 s per precision (plus ~10 s for the observables) the
+Compilation takes 15–20 s per precision (and about as long for the checkpoint kernels) the
 first time; Numba caches the machine code next to this file (or in its user
 cache directory), so later processes, Dask workers included, load it at once.
 """

@@ -178,6 +178,30 @@ def _forward_tile(WT, X, x0, ns, H, P, dims, code, tables):
 # --- backward: residuals, δ and the gradient sum for a tile --------------------
 
 
+@njit(inline="always")
+def _residuals_scalar(H, P, V, Y, y0, ns, D, n2p, nv):
+    """:func:`_residuals` for n3 = 1 and nv (1 or 2) a constant at the call site.
+
+    Straight-line per sample: the generic loops over outputs and vectors cost
+    about as much as their arithmetic here.
+    """
+    lanes = _lanes(H)
+    v0 = _vload(V, 0)
+    v1 = _vload(V, lanes) if nv == 2 else v0
+    squares = 0.0
+    for b in range(ns):
+        r = b * n2p
+        acc = _vload(H, r) * v0
+        if nv == 2:
+            acc = _vfma(_vload(H, r + lanes), v1, acc)
+        e = _vsum(acc) - _item(Y, y0 + b)
+        squares += e * e
+        _vstore(D, r, (_vsplat(e) * v0) * _vload(P, r))
+        if nv == 2:
+            _vstore(D, r + lanes, (_vsplat(e) * v1) * _vload(P, r + lanes))
+    return squares
+
+
 @njit
 def _residuals(H, P, V, Y, y0, ns, E, D, dims):
     """Σ_b |e_b|² with e_b = W3 h_b − y_b; D[b, :] = (W3ᵀ e_b) ⊙ φ'(z_b)."""
@@ -302,7 +326,7 @@ def _gradient_tile(G, D, X, x0, ns, dims):
 @njit
 def _train_unit(W2, phi1, y, W3, members, dims, code, tables, loss, grad_norm):
     """L and |∇L|_F over the training set for the members of one stream."""
-    n1, n2p, _, n3 = dims
+    n1, n2p, nv, n3 = dims
     n, n2, dtype = phi1.shape[0], W2.shape[1], W2.dtype
     X, Y = phi1.reshape(n * n1), y.reshape(n * n3)
     WT, G = np.empty(n1 * n2p, dtype), np.empty(n1 * n2p, dtype)
@@ -320,7 +344,12 @@ def _train_unit(W2, phi1, y, W3, members, dims, code, tables, loss, grad_norm):
         for start in range(0, n, TILE_SAMPLES):
             ns = min(TILE_SAMPLES, n - start)
             _forward_tile(WT, X, start * n1, ns, H, P, dims, code, tables)
-            squares += _residuals(H, P, V, Y, start * n3, ns, E, D, dims)
+            if n3 == 1 and nv == 2:
+                squares += _residuals_scalar(H, P, V, Y, start, ns, D, n2p, 2)
+            elif n3 == 1 and nv == 1:
+                squares += _residuals_scalar(H, P, V, Y, start, ns, D, n2p, 1)
+            else:
+                squares += _residuals(H, P, V, Y, start * n3, ns, E, D, dims)
             _gradient_tile(G, D, X, start * n1, ns, dims)
         norm2 = 0.0
         for i in range(n1):
