@@ -28,7 +28,9 @@ fraction_of_limit=<f> model_steps_per_cpu_s=<x> models=<M> steps=<S> seconds=<t>
     observables seconds_per_checkpoint=<x> engine=<name> models=<M> samples=<n> \
 fraction_of_quick_training=<f>
 
-``ratio_vs_peer`` is ``nan`` where the peer was skipped.
+``ratio_vs_peer`` is ``nan`` where the peer was skipped. ``seconds`` is the
+wall time of the engine's whole measurement (start, warm-up with any loading
+or compiling, and every timed run), not the interval behind the rate.
 ``fraction_of_quick_training`` is the time of the checkpoint observables over
 the training time at the schedule of ``pipelines/quick.yaml`` (30 checkpoints
 in 1e5 steps), from this run's seconds per checkpoint and the engine's float64
@@ -194,9 +196,10 @@ def time_observables(name: str, workload: Workload, repeats: int = 3) -> float:
     """Seconds for one checkpoint's observables of every member (best of a few).
 
     The same code as a sweep's checkpoint
-    (:func:`phasearray.checkpoint.checkpoint_observables`): the training-set
-    loss and gradient norm from the engine's ``train_observables`` (a fused
-    kernel on ``numba``), the rest from :mod:`phasearray.observables`.
+    (:func:`phasearray.checkpoint.checkpoint_observables`): the engine's
+    ``train_observables`` and ``test_observables`` (the checkpoint kernels on
+    ``numba``, :mod:`phasearray.observables` on ``numpy``) and the
+    eigenvalues.
     """
     engine = get_engine(name)
     state = engine.start(workload.problem, workload.W2)

@@ -321,6 +321,37 @@ def test_train_observables_match_the_observables_module(activation, widths) -> N
     )
 
 
+def test_float32_observables_of_huge_weights_do_not_overflow() -> None:
+    # Identity network with φ1 = 1, W3 = 1 and W2 = w: every residual is
+    # e = n1 n2 w and every entry of ∇L = (1/|D|) Σ_α δ_α φ1_αᵀ is e, so
+    # L = e²/2 and |∇L|_F = e √(n1 n2). At w = 1e13, e = 5.1e15: L = 1.3e31 and
+    # |∇L| = 1.2e17 fit in float32, but the sum Σ_α e = 2e19 squared does not.
+    n_train, n1, n2 = 4000, 32, 16
+    problem = SGDProblem(
+        phi1=np.ones((1, n_train, n1)),
+        y=np.zeros((1, n_train, 1)),
+        W3=np.ones((1, 1, n2)),
+        keys=(stream_key(0),),
+        member_stream=np.zeros(1, np.int64),
+        learning_rate=np.array([0.1]),
+        batch_size=4,
+        schedule="iid",
+        activation="identity",
+        dtype="float32",
+    )
+    w = float(np.float32(1e13))
+    engine = get_engine("numba")
+    loss, grad_norm = engine.train_observables(
+        engine.start(problem, np.full((1, n2, n1), w))
+    )
+    e = n1 * n2 * w
+    # float32: e is a sum of n1 n2 = 512 equal terms, ∇L one of |D| = 4000;
+    # rounding errors of equal terms add up, ≤ |D| ε32 / 2 = 2.4e-4 relative
+    # (measured 1.6e-5 for the gradient norm)
+    np.testing.assert_allclose(loss, [e**2 / 2], rtol=1e-5)
+    np.testing.assert_allclose(grad_norm, [e * np.sqrt(n1 * n2)], rtol=2.4e-4)
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("widths", OBSERVABLE_WIDTHS, ids=str)
 def test_test_observables_match_the_observables_module(activation, widths) -> None:

@@ -195,7 +195,7 @@ def _residuals_scalar(H, P, V, Y, y0, ns, D, n2p, nv):
         if nv == 2:
             acc = _vfma(_vload(H, r + lanes), v1, acc)
         e = _vsum(acc) - _item(Y, y0 + b)
-        squares += e * e
+        squares += np.float64(e) * np.float64(e)  # no float32 overflow
         _vstore(D, r, (_vsplat(e) * v0) * _vload(P, r))
         if nv == 2:
             _vstore(D, r + lanes, (_vsplat(e) * v1) * _vload(P, r + lanes))
@@ -216,7 +216,7 @@ def _residuals(H, P, V, Y, y0, ns, E, D, dims):
                     _vload(H, b * n2p + v * lanes), _vload(V, o * n2p + v * lanes), acc
                 )
             E[o] = _vsum(acc) - _item(Y, y0 + b * n3 + o)
-            squares += E[o] * E[o]
+            squares += np.float64(E[o]) * np.float64(E[o])
         for v in range(nv):
             jv = v * lanes
             acc = _vsplat(E[0]) * _vload(V, jv)
@@ -354,7 +354,9 @@ def _train_unit(W2, phi1, y, W3, members, dims, code, tables, loss, grad_norm):
         norm2 = 0.0
         for i in range(n1):
             for j in range(n2):
-                norm2 += G[i * n2p + j] * G[i * n2p + j]
+                # G is the sum, |D| times the mean: square it in float64
+                g = np.float64(G[i * n2p + j])
+                norm2 += g * g
         loss[m] = 0.5 * squares / n
         grad_norm[m] = np.sqrt(norm2) / n
 
@@ -390,9 +392,9 @@ def _test_unit(W2, phi1, y, W3, phi2_0, members, dims, code, tables, out):
                     e = -y[a, o]
                     for j in range(n2):
                         e += W3[o, j] * H[b * n2p + j]
-                    squares += e * e
+                    squares += np.float64(e) * np.float64(e)
                 for j in range(n2):
-                    h = H[b * n2p + j]
+                    h = np.float64(H[b * n2p + j])
                     overlap += h * phi2_0[m, a, j]
                     dot += target[a, j] * h
                     norm2 += h * h
