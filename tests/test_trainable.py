@@ -134,7 +134,9 @@ def test_fused_engines_refuse_outer_layers() -> None:
     _, problem, W2 = _problem(("W1", "W2", "W3"))
     with pytest.raises(NotImplementedError, match="use engine 'numpy' or 'cupy'"):
         get_engine("numba").start(problem, W2)
-    with pytest.raises(ConfigError, match="trains W2 alone"):
+    # the message names the layers, not a pipeline field (simulate has none)
+    expected = r"trains W2 alone; with the trainable layers \['W1', 'W2', 'W3'\]"
+    with pytest.raises(ConfigError, match=expected):
         resolve_engine_name("numba", ("W1", "W2", "W3"))
     assert resolve_engine_name("auto", ("W2", "W3")) in ("numpy", "cupy")
 

@@ -116,7 +116,7 @@ def _check_engine_fits(
         )
     if tuple(trainable) != ("W2",) and name in FUSED_ENGINES:
         raise ConfigError(
-            f"engine {name!r} trains W2 alone; with model.trainable = "
+            f"engine {name!r} trains W2 alone; with the trainable layers "
             f"{list(trainable)} choose auto, numpy or cupy"
         )
     reason = _shape_problem(name, shape)
