@@ -221,6 +221,12 @@ def quick_fraction(seconds: float, models: int, rate: float) -> float:
         One checkpoint's observables of ``models`` members.
     rate : float
         The engine's training rate, model-steps/s.
+
+    Returns
+    -------
+    float
+        n_checkpoints · seconds · rate / (steps · models), with quick.yaml's
+        checkpoints and steps; ``nan`` where ``rate`` is.
     """
     quick = load_pipeline("quick")
     checkpoints, steps = len(quick.checkpoints), quick.train.steps

@@ -2,7 +2,9 @@
 
 Shared by sweeps and :func:`phasearray.simulate`: the held-out arrays a block
 needs, the divergence mark, and every recorded observable (SPEC §3) as host
-arrays. The kernels themselves are in :mod:`phasearray.observables`.
+arrays. The quantities are defined in :mod:`phasearray.observables`; the
+engine computes them (``Engine.train_observables`` and
+``Engine.test_observables``: those functions, or a fused kernel).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Tolerances, all relative to the largest |W2| entry of each member:
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
@@ -182,10 +185,28 @@ def test_hot_cell_ensemble_statistics_match_numpy() -> None:
     assert low < np.median(losses["numba"]) < high
 
 
-def test_block_split_and_thread_count_are_bit_identical() -> None:
-    problem, W2 = grid_problem("shuffle", "tanh", [0.125, 2.0, 64.0], [0.125, 4.0])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("widths", [(3, 32, 16, 1), (3, 8, 5, 1)], ids=str)
+def test_block_split_and_thread_count_are_bit_identical(dtype, widths) -> None:
+    # 30 members per stream: units of 4 and more members, so the kernel's
+    # groups of four and of two vector columns and its single-member path all
+    # run (float32 and n2 = 5 have one vector per member, float64 n2 = 16 two)
+    problem, W2 = grid_problem(
+        "shuffle",
+        "tanh",
+        [0.125, 0.5, 2.0, 8.0, 32.0, 64.0],
+        [0.125, 1.0, 4.0, 16.0, 64.0],
+        dtype=dtype,
+        widths=widths,
+        n_train=200,
+    )
     whole = run("numba", problem, W2, 300)
-    for members in (np.array([0, 5, 7]), np.arange(1, 12, 2), np.array([11])):
+    for members in (
+        np.array([0, 5, 7]),
+        np.arange(1, 60, 2),
+        np.arange(37),
+        np.array([11]),
+    ):
         sub = SGDProblem(
             **{
                 **problem.__dict__,
@@ -243,16 +264,19 @@ def test_diverging_members_leave_the_others_untouched(activation: str) -> None:
     assert np.isfinite(together[calm]).all()
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 5, 8])
-def test_other_widths_and_batch_sizes(batch_size: int) -> None:
-    # n2 = 5 is not a whole number of SIMD vectors and n3 = 2 > 1; batch sizes
-    # other than 4 take the kernel's general paths.
+@pytest.mark.parametrize(
+    ("batch_size", "n3"), [(1, 2), (3, 2), (4, 2), (5, 2), (8, 2), (4, 1)]
+)
+def test_other_widths_and_batch_sizes(batch_size: int, n3: int) -> None:
+    # n2 = 5 is not a whole number of SIMD vectors; n3 = 2 > 1 and batch sizes
+    # other than 4 take the kernel's general paths, |B| = 4 with n3 = 1 its
+    # groups of members (30 members: units of four and more)
     problem, W2 = grid_problem(
         "shuffle",
         "tanh",
-        [0.125],
-        [0.5, 8.0],
-        widths=(3, 8, 5, 2),
+        [2.0**-5, 0.125, 0.25],
+        [0.5, 1.0, 2.0, 4.0, 8.0],
+        widths=(3, 8, 5, n3),
         batch_size=batch_size,
         n_train=120,
     )
@@ -444,6 +468,16 @@ def test_kernel_tanh_is_within_four_ulp(dtype: type, fused: bool) -> None:
     got = kernel_tanh(special, fused)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(np.signbit(got[:2]), [False, True])
+
+
+def test_kernel_modules_carry_the_hash_of_the_simd_module() -> None:
+    # Numba's cache of a kernel is keyed on its own file only; the hash makes
+    # a change of _simd.py a change of the kernel files (update it there).
+    from phasearray.engines import _simd, fused_cpu, fused_observables
+
+    digest = hashlib.sha256(Path(_simd.__file__).read_bytes()).hexdigest()
+    assert fused_cpu.SIMD_SOURCE_SHA256 == digest
+    assert fused_observables.SIMD_SOURCE_SHA256 == digest
 
 
 def test_work_units_partition_the_members_by_stream() -> None:

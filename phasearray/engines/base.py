@@ -224,6 +224,8 @@ class Engine(ABC):
 
         Parameters
         ----------
+        state : SGDState
+            The members' weights, from :meth:`start` and :meth:`advance`.
         test : dict
             The block's held-out arrays on the device
             (:func:`phasearray.checkpoint.held_out_arrays`): ``phi1``

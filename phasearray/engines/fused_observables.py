@@ -14,17 +14,15 @@ meet the same W2, so the work is two matrix products per member:
     G = Σ_α δ_α φ1_αᵀ     (n2 × n1)    gradient sum, δ = (W3ᵀ e) ⊙ φ'(Z)
 
 computed tile by tile (:data:`TILE_SAMPLES` samples) with register blocks of
-two vectors by four samples (or one vector by eight) and fused multiply-adds.
-Measured on a 2-core Zen 5 machine in float64 for 1440 members: the gradient
-sum runs at the rate of a large dgemm (~210 GFLOP/s), the forward product at
-about the same, and its tanh (:func:`phasearray.engines._simd._tanh_fused`)
-costs as much again: ~0.12 s for a whole checkpoint, where the two products
-alone at the dgemm rate would take 0.056 s (BENCHMARKS.md).
+two vectors by four samples (or one vector by eight) and fused multiply-adds;
+tanh is :func:`phasearray.engines._simd._tanh_fused`. The products run at
+about the rate of a large dgemm, and tanh costs about as much as one of them
+(measurements in BENCHMARKS.md).
 
-Each member's sums run in a fixed
-order over its own data, so the values do not depend on the block split or
-the number of threads; they agree with :mod:`phasearray.observables` to
-round-off (the order of the sums differs).
+Each member's sums run in a fixed order over its own data, so the values do
+not depend on the block split or the number of threads; they agree with
+:mod:`phasearray.observables` to round-off (the order of the sums differs).
+Sums of float32 values are squared and accumulated in float64.
 """
 
 from __future__ import annotations
@@ -44,7 +42,18 @@ from ._simd import (
     _vsum,
 )
 
-__all__ = ["TILE_SAMPLES", "test_observables", "train_observables"]
+__all__ = [
+    "SIMD_SOURCE_SHA256",
+    "TILE_SAMPLES",
+    "test_observables",
+    "train_observables",
+]
+
+# Numba keys the cache of a kernel on the contents of the file that defines it,
+# not of _simd.py, which the kernel compiles in: keeping the SHA-256 of that
+# file here (a test checks it) makes every change there a change here, so the
+# cached machine code is rebuilt.
+SIMD_SOURCE_SHA256 = "f59c8a6856b108a3fd7232542c64ca9466ed669c91d5a618c39bf39c9da194f3"
 
 # Samples whose features are held in the tile buffers at a time (3 buffers of
 # 64 × 16 float64 = 8 KB each: in L1 next to W2ᵀ and the gradient).
@@ -486,7 +495,7 @@ def test_observables(W2, phi1, y, W3, phi2_0, units, code, tables):
     dict of (M,) arrays in W2's dtype
         ``test_loss`` (½ mean |ŷ − y|²), ``feature_overlap`` (mean over α, j
         of φ2_jα(t) φ2_jα(0)) and ``alignment`` (cosine of h = y W3 and φ2
-        over (j, α), NaN where φ2 is zero).
+        over (j, α), NaN where φ2 or h is zero).
     """
     out = np.empty((3, W2.shape[0]), W2.dtype)
     _test_units(W2, phi1, y, W3, phi2_0, units, code, *tables, out)
