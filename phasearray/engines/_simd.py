@@ -360,6 +360,23 @@ def _padded_transpose(matrix, out):
             out[c * width + r] = matrix[r, c]
 
 
+@njit(inline="always")
+def _layout(W2, W3):
+    """(n1, n2p, nv, n3) of W2 (M, n2, n1) and W3 (S, n3, n2).
+
+    n2 is padded to nv whole vectors of n2p lanes in all, the layout of W2ᵀ
+    in the kernels.
+    """
+    nv = -(-W2.shape[1] // _lanes(W2))
+    return (W2.shape[2], nv * _lanes(W2), nv, W3.shape[1])
+
+
+@njit(inline="always")
+def _unit(unit_stream, unit_start, unit_members, u):
+    """Stream and member indices of work unit u (see fused_cpu.work_units)."""
+    return unit_stream[u], unit_members[unit_start[u] : unit_start[u + 1]]
+
+
 # --- tanh on vectors ------------------------------------------------------------
 
 # Per precision: clamp beyond which tanh rounds to ±1, the round-to-integer

@@ -61,7 +61,9 @@ from ._simd import (
     _activation,
     _item,
     _lanes,
+    _layout,
     _padded_transpose,
+    _unit,
     _vhigh,
     _vjoin,
     _vload,
@@ -89,7 +91,7 @@ __all__ = [
 # not of _simd.py, which the kernel compiles in: keeping the SHA-256 of that
 # file here (a test checks it) makes every change there a change here, so the
 # cached machine code is rebuilt.
-SIMD_SOURCE_SHA256 = "f59c8a6856b108a3fd7232542c64ca9466ed669c91d5a618c39bf39c9da194f3"
+SIMD_SOURCE_SHA256 = "5e0b95989574a4731893dc7fec6e116384463c8effeb08ae77cccb3b460bc373"
 
 logger = logging.getLogger(__name__)
 
@@ -687,12 +689,9 @@ def _sgd_chunk(
     scalars, even, odd : tuples
         From :func:`tanh_constants`, in the dtype of W2.
     """
-    n2, n1 = W2.shape[1], W2.shape[2]
-    nv = -(-n2 // _lanes(W2))
-    dims = (n1, nv * _lanes(W2), nv, W3.shape[1], indices.shape[2])
+    dims = (*_layout(W2, W3), indices.shape[2])
     for u in prange(unit_stream.size):
-        s = unit_stream[u]
-        members = unit_members[unit_start[u] : unit_start[u + 1]]
+        s, members = _unit(unit_stream, unit_start, unit_members, u)
         _train_unit(
             W2,
             phi1[s],

@@ -34,7 +34,9 @@ from ._simd import (
     _activation,
     _item,
     _lanes,
+    _layout,
     _padded_transpose,
+    _unit,
     _vfma,
     _vload,
     _vsplat,
@@ -53,13 +55,13 @@ __all__ = [
 # not of _simd.py, which the kernel compiles in: keeping the SHA-256 of that
 # file here (a test checks it) makes every change there a change here, so the
 # cached machine code is rebuilt.
-SIMD_SOURCE_SHA256 = "f59c8a6856b108a3fd7232542c64ca9466ed669c91d5a618c39bf39c9da194f3"
+SIMD_SOURCE_SHA256 = "5e0b95989574a4731893dc7fec6e116384463c8effeb08ae77cccb3b460bc373"
 
 # Samples whose features are held in the tile buffers at a time (3 buffers of
 # 64 × 16 float64 = 8 KB each: in L1 next to W2ᵀ and the gradient).
 TILE_SAMPLES = 64
 
-# ``dims`` below is (n1, n2p, nv, n3): n2 padded to nv whole vectors, n2p lanes.
+# ``dims`` below is (n1, n2p, nv, n3), see phasearray.engines._simd._layout.
 
 
 # --- forward: H = φ(W2 φ1), P = φ'(W2 φ1) for a tile --------------------------
@@ -415,41 +417,23 @@ def _test_unit(W2, phi1, y, W3, phi2_0, members, dims, code, tables, out):
 @njit(parallel=True, fastmath=False, cache=True)
 def _train_units(W2, phi1, y, W3, units, code, scalars, even, odd, loss, grad_norm):
     unit_stream, unit_start, unit_members = units
+    dims = _layout(W2, W3)
     for u in prange(unit_stream.size):
+        s, members = _unit(unit_stream, unit_start, unit_members, u)
         tables = (scalars, even, odd)
-        s = unit_stream[u]
-        members = unit_members[unit_start[u] : unit_start[u + 1]]
         _train_unit(
-            W2,
-            phi1[s],
-            y[s],
-            W3[s],
-            members,
-            _dims(W2, W3),
-            code,
-            tables,
-            loss,
-            grad_norm,
+            W2, phi1[s], y[s], W3[s], members, dims, code, tables, loss, grad_norm
         )
 
 
 @njit(parallel=True, fastmath=False, cache=True)
 def _test_units(W2, phi1, y, W3, phi2_0, units, code, scalars, even, odd, out):
     unit_stream, unit_start, unit_members = units
+    dims = _layout(W2, W3)
     for u in prange(unit_stream.size):
+        s, members = _unit(unit_stream, unit_start, unit_members, u)
         tables = (scalars, even, odd)
-        s = unit_stream[u]
-        members = unit_members[unit_start[u] : unit_start[u + 1]]
-        _test_unit(
-            W2, phi1[s], y[s], W3[s], phi2_0, members, _dims(W2, W3), code, tables, out
-        )
-
-
-@njit(inline="always")
-def _dims(W2, W3):
-    """(n1, n2p, nv, n3) of W2 (M, n2, n1) and W3 (S, n3, n2)."""
-    nv = -(-W2.shape[1] // _lanes(W2))
-    return (W2.shape[2], nv * _lanes(W2), nv, W3.shape[1])
+        _test_unit(W2, phi1[s], y[s], W3[s], phi2_0, members, dims, code, tables, out)
 
 
 # --- entry points --------------------------------------------------------------
