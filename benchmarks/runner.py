@@ -26,7 +26,7 @@ Printed lines, ``key=value`` separated by spaces::
     engine=<name> dtype=<dtype> model_steps_per_s=<x> ratio_vs_peer=<r> \
 fraction_of_limit=<f> model_steps_per_cpu_s=<x> models=<M> steps=<S> seconds=<t>
     observables seconds_per_checkpoint=<x> engine=<name> models=<M> samples=<n> \
-fraction_of_quick_training=<f>
+fraction_of_quick_training=<f> floor_at_dgemm=<f>
 
 ``ratio_vs_peer`` is ``nan`` where the peer was skipped. ``seconds`` is the
 wall time of the engine's whole measurement (start, warm-up with any loading
@@ -35,7 +35,12 @@ or compiling, and every timed run), not the interval behind the rate.
 the training time at the schedule of ``pipelines/quick.yaml`` (30 checkpoints
 in 1e5 steps), from this run's seconds per checkpoint and the engine's float64
 rate: n_checkpoints · seconds · rate / (steps · M); ``nan`` where float64 was
-not timed.
+not timed. ``floor_at_dgemm`` is the least that fraction can be with SPEC §3's
+definitions at the engine's training rate: the training-set loss and
+full-batch gradient norm are two products over all |D| samples,
+4 n1 n2 |D| flop per model (1000 model-steps of work at the default sizes), and
+at this run's dgemm rate those alone take
+n_checkpoints · 4 n1 n2 |D| · rate / (dgemm · steps).
 """
 
 from __future__ import annotations
@@ -61,7 +66,14 @@ from phasearray.config import load_pipeline
 from phasearray.engines import SGDProblem, available_engines, get_engine
 from phasearray.ensemble import make_ensemble, sgd_problem, stream_key, teacher_outputs
 
-__all__ = ["Workload", "default_peer_path", "main", "make_workload", "quick_fraction"]
+__all__ = [
+    "Workload",
+    "default_peer_path",
+    "main",
+    "make_workload",
+    "quick_floor",
+    "quick_fraction",
+]
 
 WIDTHS = (3, 32, 16, 1)
 T_GRID = 2.0 ** np.arange(-5, 7)
@@ -71,6 +83,9 @@ N_TRAIN, N_TEST, BATCH_SIZE = 4000, 128, 4
 
 DTYPES = ("float64", "float32")
 FLOP_PER_STEP = 4 * BATCH_SIZE * WIDTHS[1] * WIDTHS[2]
+# The training-set loss and gradient norm of one model: W2 φ1 and the gradient
+# sum over all |D| samples, multiply and add counted apart.
+FLOP_PER_CHECKPOINT = 4 * N_TRAIN * WIDTHS[1] * WIDTHS[2]
 
 # Steps run before timing, so that compilation and caches are warm.
 WARMUP_STEPS = 20
@@ -233,6 +248,28 @@ def quick_fraction(seconds: float, models: int, rate: float) -> float:
     return checkpoints * seconds * rate / (steps * models)
 
 
+def quick_floor(gflops: float, rate: float) -> float:
+    """The least checkpoint share of quick.yaml's training SPEC §3 allows.
+
+    Parameters
+    ----------
+    gflops : float
+        The float64 matmul rate measured in this run, GFLOP/s.
+    rate : float
+        The engine's training rate, model-steps/s.
+
+    Returns
+    -------
+    float
+        n_checkpoints · FLOP_PER_CHECKPOINT · rate / (gflops · 1e9 · steps):
+        the training-set products of every checkpoint at the matmul rate, over
+        the training time at ``rate``; ``nan`` where ``rate`` is.
+    """
+    quick = load_pipeline("quick")
+    checkpoints, steps = len(quick.checkpoints), quick.train.steps
+    return checkpoints * FLOP_PER_CHECKPOINT * rate / (gflops * 1e9 * steps)
+
+
 def matmul_gflops(dtype: str, n: int = 1500, repeats: int = 3) -> float:
     """GFLOP/s of an n × n NumPy matmul here (best of a few)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
@@ -378,13 +415,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in [n for n in names if n in HOST_ENGINES]:
             seconds = time_observables(name, workload)
             M = workload.problem.n_members
-            fraction = quick_fraction(
-                seconds, M, rates.get((name, "float64"), math.nan)
-            )
+            rate = rates.get((name, "float64"), math.nan)
+            fraction = quick_fraction(seconds, M, rate)
+            floor = quick_floor(gflops["float64"], rate)
             print(
                 f"observables seconds_per_checkpoint={seconds:.3g} engine={name} "
                 f"models={M} samples={N_TRAIN} "
-                f"fraction_of_quick_training={fraction:.3g}",
+                f"fraction_of_quick_training={fraction:.3g} "
+                f"floor_at_dgemm={floor:.3g}",
                 flush=True,
             )
     return 0

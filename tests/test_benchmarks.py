@@ -54,6 +54,7 @@ def test_tiny_run_prints_positive_rates_for_each_engine() -> None:
         assert float(o["seconds_per_checkpoint"]) > 0
         assert o["models"] == "24"
         assert float(o["fraction_of_quick_training"]) > 0
+        assert float(o["floor_at_dgemm"]) > 0
 
     machine = fields(next(ln for ln in lines if ln.startswith("machine ")))
     assert float(machine["dgemm_gflops"]) > 0
@@ -65,6 +66,15 @@ def test_quick_fraction_counts_quick_yaml_checkpoints_and_steps() -> None:
     # 30 checkpoints of 0.1 s for 1000 models training at 1e7 model-steps/s:
     # 3 s against 1e5 · 1000 / 1e7 = 10 s of training
     assert quick_fraction(0.1, 1000, 1e7) == pytest.approx(0.3, rel=1e-12)
+
+
+def test_quick_floor_is_the_training_set_products_at_the_matmul_rate() -> None:
+    from benchmarks.runner import quick_floor
+
+    # per model and checkpoint 4 · 4000 · 32 · 16 = 8.192e6 flop: 30 checkpoints
+    # at 100 GFLOP/s take 2.4576e-3 s a model, 1e5 steps at 1e7 model-steps/s
+    # take 1e-2 s a model
+    assert quick_floor(100.0, 1e7) == pytest.approx(0.24576, rel=1e-12)
 
 
 def test_a_missing_peer_is_reported_as_skipped(tmp_path: Path) -> None:
