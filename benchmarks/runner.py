@@ -6,7 +6,9 @@ default network (3-32-16-1, tanh, |B| = 4, |D| = 4000), trained with the
 ``iid`` schedule. Fewer models (``--models``) take evenly spaced members of
 that grid. Every available engine and the PyTorch peer
 (``shared/bench/peer_torch.py`` next to the checkout, run as a subprocess with
-the same number of models) are timed in the same run, each as the best of
+the same number of models and as many teachers as the workload has seeds; its
+students all start at σ_W = 1 and draw their own minibatches) are timed in the
+same run, each as the best of
 ``--repeats`` runs: on a shared machine the peer's rate swings by up to 10×
 from run to run (its two threads meet at a barrier every step), the best of a
 few is the least disturbed.
@@ -27,6 +29,8 @@ Printed lines, ``key=value`` separated by spaces::
 fraction_of_limit=<f> model_steps_per_cpu_s=<x> models=<M> steps=<S> seconds=<t>
     observables seconds_per_checkpoint=<x> engine=<name> models=<M> samples=<n> \
 fraction_of_quick_training=<f> floor_at_dgemm=<f>
+    simulate engine=<name> dtype=float64 model_steps_per_s=<x> \
+sgd_model_steps_per_s=<x> ratio_vs_engine=<r> models=<M> steps=<S>
 
 ``ratio_vs_peer`` is ``nan`` where the peer was skipped. ``seconds`` is the
 wall time of the engine's whole measurement (start, warm-up with any loading
@@ -41,6 +45,14 @@ full-batch gradient norm are two products over all |D| samples,
 4 n1 n2 |D| flop per model (1000 model-steps of work at the default sizes), and
 at this run's dgemm rate those alone take
 n_checkpoints · 4 n1 n2 |D| · rate / (dgemm · steps).
+
+The ``simulate`` line times :func:`phasearray.simulate` on the float64
+workload with the fused engine: ``model_steps_per_s`` is M S over the whole
+call for S steps (set-up and the observables at t = 0 and S included);
+``sgd_model_steps_per_s`` is M S over the difference between calls for 2S and
+for S steps (same checkpoints, S more steps), the SGD rate inside
+``simulate`` (``nan`` where those S steps take under a tenth of the call, as
+in ``--tiny``); ``ratio_vs_engine`` compares it with the engine's own line.
 """
 
 from __future__ import annotations
@@ -62,7 +74,7 @@ import numpy as np
 
 from phasearray import observables as obs
 from phasearray.checkpoint import checkpoint_observables
-from phasearray.config import load_pipeline
+from phasearray.config import ENGINES, load_pipeline
 from phasearray.engines import SGDProblem, available_engines, get_engine
 from phasearray.ensemble import make_ensemble, sgd_problem, stream_key, teacher_outputs
 
@@ -93,6 +105,10 @@ WARMUP_STEPS = 20
 # Engines whose arrays live on the host, whose observables are timed.
 HOST_ENGINES = ("numba", "numpy")
 
+# Engines timed through phasearray.simulate (the fused ones: the per-call cost
+# of simulate would matter most next to them).
+SIMULATE_ENGINES = ("numba", "cupy-fused")
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -101,6 +117,7 @@ class Workload:
     problem: SGDProblem
     W2: np.ndarray
     test: dict[str, np.ndarray]
+    simulate: dict[str, Any]
 
 
 def make_workload(models: int, dtype: str = "float64") -> Workload:
@@ -136,7 +153,18 @@ def make_workload(models: int, dtype: str = "float64") -> Workload:
         "y": teacher_outputs(e.x_test, *teacher, "tanh"),
         "phi2_initial": obs.features(phi1_test[seed], W2, "tanh"),
     }
-    return Workload(problem, W2, test)
+    arguments = {
+        "teacher": tuple(layer[seed] for layer in teacher),
+        "x_train": e.x_train[seed],
+        "x_test": e.x_test[seed],
+        "W2_init": W2,
+        "learning_rate": T * BATCH_SIZE,
+        "batch_size": BATCH_SIZE,
+        "schedule": "iid",
+        "seed": seed,
+        "dtype": dtype,
+    }
+    return Workload(problem, W2, test, arguments)
 
 
 def time_engine(
@@ -187,10 +215,8 @@ def run_peer(
     """
     if not path.is_file():
         return math.nan, f"peer script not found: {path}"
-    if importlib.util.find_spec("torch") is None:
-        return math.nan, "torch is not installed; pip install torch==2.13.0"
     command = [sys.executable, str(path), "--models", str(models)]
-    command += ["--steps", str(steps), "--dtype", dtype]
+    command += ["--steps", str(steps), "--dtype", dtype, "--teachers", str(SEEDS)]
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -201,6 +227,8 @@ def run_peer(
         )
         found = re.search(r"model_steps_per_s=(\S+)", result.stdout)
         if result.returncode != 0 or found is None:
+            if importlib.util.find_spec("torch") is None:
+                return math.nan, "torch is not installed; pip install torch==2.13.0"
             lines = (result.stderr or result.stdout).strip().splitlines() or [""]
             return math.nan, f"peer failed, exit code {result.returncode}: {lines[-1]}"
         best = np.fmax(best, float(found.group(1)))
@@ -225,6 +253,38 @@ def time_observables(name: str, workload: Workload, repeats: int = 3) -> float:
         checkpoint_observables(engine, state, workload.test)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def time_simulate(
+    name: str, workload: Workload, steps: int, repeats: int = 2
+) -> tuple[float, float]:
+    """Rates of :func:`phasearray.simulate`: whole call, and its SGD alone.
+
+    Returns
+    -------
+    overall, sgd : float
+        M S / t(S) and M S / (t(2S) − t(S)), model-steps/s, where t(n) is the
+        best wall time of ``repeats`` calls for n steps with checkpoints at 0
+        and n only; ``sgd`` is nan where t(2S) − t(S) < t(S) / 10, too small
+        against the run-to-run spread of the rest of the call to measure.
+    """
+    import phasearray
+
+    def best_seconds(n: int) -> float:
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            phasearray.simulate(
+                **workload.simulate, steps=n, checkpoints=[], engine=name
+            )
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    best_seconds(1)  # compile, warm caches
+    once, twice = best_seconds(steps), best_seconds(2 * steps)
+    model_steps = workload.problem.n_members * steps
+    sgd = model_steps / (twice - once) if twice - once >= once / 10 else math.nan
+    return model_steps / once, sgd
 
 
 def quick_fraction(seconds: float, models: int, rate: float) -> float:
@@ -298,6 +358,7 @@ def engine_line(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, checked: counts positive, at most 1440 models."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Time every SGD engine and the PyTorch peer on one workload.",
@@ -326,6 +387,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-observables", action="store_true", help="skip the observables timing"
     )
     parser.add_argument(
+        "--no-simulate", action="store_true", help="skip timing phasearray.simulate"
+    )
+    parser.add_argument(
         "--tiny", action="store_true", help="24 models, 50 steps: a smoke test"
     )
     args = parser.parse_args(argv)
@@ -340,12 +404,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def engine_names(choice: str) -> list[str]:
-    """Engines to time: every available one, or those named that are available."""
+def engine_names(choice: str) -> list[str] | None:
+    """Engines to time: every available one, or those named that are available.
+
+    Named engines that exist but are unavailable here are reported as skipped;
+    a name that is no engine is an error (``None``, after saying so).
+    """
     available = available_engines()
     if choice == "all":
         return available
     names = [n.strip() for n in choice.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENGINES or n == "auto"]
+    if unknown or not names:
+        allowed = ", ".join(e for e in ENGINES if e != "auto")
+        print(
+            f"--engines {choice!r}: unknown {unknown}; choose all or some of {allowed}"
+        )
+        return None
     for name in names:
         if name not in available:
             print(f"engine={name} skipped (not available here)", flush=True)
@@ -353,79 +428,129 @@ def engine_names(choice: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 on success, 2 for a bad option."""
     args = parse_args(argv)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = sorted(set(dtypes) - set(DTYPES))
-    if unknown:
-        print(f"unknown dtypes {unknown}; choose float64 and/or float32", flush=True)
+    if unknown or not dtypes:
+        print(
+            f"--dtypes {args.dtypes!r}: unknown {unknown}; choose float64 and/or "
+            "float32",
+            flush=True,
+        )
         return 2
     names = engine_names(args.engines)
-    peer_path = args.peer or default_peer_path()
+    if names is None:
+        return 2
 
     threads = _threads(args.threads)
-    rates: dict[tuple[str, str], float] = {}
     gflops = {d: matmul_gflops(d) for d in DTYPES}
     print(
         f"machine dgemm_gflops={gflops['float64']:.3g} "
         f"sgemm_gflops={gflops['float32']:.3g} threads={threads}",
         flush=True,
     )
+    rates: dict[tuple[str, str], float] = {}
     for dtype in dtypes:
         workload = make_workload(args.models, dtype)
-        M = workload.problem.n_members
-        peer, reason = (
-            (math.nan, "--no-peer")
-            if args.no_peer
-            else run_peer(
-                peer_path, M, args.peer_steps, dtype, args.repeats, args.threads
-            )
-        )
-        if math.isnan(peer):
-            print(f"engine=peer_torch dtype={dtype} skipped ({reason})", flush=True)
-        else:
-            line = engine_line(
-                "peer_torch",
-                dtype,
-                peer,
-                peer,
-                gflops[dtype],
-                models=M,
-                steps=args.peer_steps,
-            )
-            print(line, flush=True)
+        peer = _peer_line(args, workload, dtype, gflops[dtype], threads)
         for name in names:
-            start = time.perf_counter()
-            rate, cpu_rate = time_engine(name, workload, args.steps, args.repeats)
-            rates[name, dtype] = rate
-            line = engine_line(
-                name,
-                dtype,
-                rate,
-                peer,
-                gflops[dtype],
-                model_steps_per_cpu_s=f"{cpu_rate:.4g}",
-                models=M,
-                steps=args.steps,
-                seconds=f"{time.perf_counter() - start:.3g}",
-            )
-            print(line, flush=True)
+            rates[name, dtype] = _engine_line(args, name, workload, peer, gflops)
 
-    if not args.no_observables:
+    host = [n for n in names if n in HOST_ENGINES]
+    if not args.no_observables and host:
         workload = make_workload(args.models, "float64")
-        for name in [n for n in names if n in HOST_ENGINES]:
-            seconds = time_observables(name, workload)
-            M = workload.problem.n_members
-            rate = rates.get((name, "float64"), math.nan)
-            fraction = quick_fraction(seconds, M, rate)
-            floor = quick_floor(gflops["float64"], rate)
-            print(
-                f"observables seconds_per_checkpoint={seconds:.3g} engine={name} "
-                f"models={M} samples={N_TRAIN} "
-                f"fraction_of_quick_training={fraction:.3g} "
-                f"floor_at_dgemm={floor:.3g}",
-                flush=True,
-            )
+        for name in host:
+            _observables_line(name, workload, rates, gflops["float64"])
+    if not args.no_simulate and "float64" in dtypes:
+        workload = make_workload(args.models, "float64")
+        for name in [n for n in names if n in SIMULATE_ENGINES]:
+            _simulate_line(args, name, workload, rates[name, "float64"])
     return 0
+
+
+def _peer_line(
+    args: argparse.Namespace,
+    workload: Workload,
+    dtype: str,
+    gflops: float,
+    threads: int,
+) -> float:
+    """Time the peer (or say why not) and print its line; its rate or nan."""
+    M = workload.problem.n_members
+    if args.no_peer:
+        peer, reason = math.nan, "--no-peer"
+    else:
+        path = args.peer or default_peer_path()
+        wanted = None if args.threads is None else threads
+        peer, reason = run_peer(path, M, args.peer_steps, dtype, args.repeats, wanted)
+    if math.isnan(peer):
+        print(f"engine=peer_torch dtype={dtype} skipped ({reason})", flush=True)
+        return peer
+    line = engine_line(
+        "peer_torch", dtype, peer, peer, gflops, models=M, steps=args.peer_steps
+    )
+    print(line, flush=True)
+    return peer
+
+
+def _engine_line(
+    args: argparse.Namespace,
+    name: str,
+    workload: Workload,
+    peer: float,
+    gflops: dict[str, float],
+) -> float:
+    """Time one engine, print its line; its rate, model-steps/s."""
+    dtype = workload.problem.dtype
+    start = time.perf_counter()
+    rate, cpu_rate = time_engine(name, workload, args.steps, args.repeats)
+    line = engine_line(
+        name,
+        dtype,
+        rate,
+        peer,
+        gflops[dtype],
+        model_steps_per_cpu_s=f"{cpu_rate:.4g}",
+        models=workload.problem.n_members,
+        steps=args.steps,
+        seconds=f"{time.perf_counter() - start:.3g}",
+    )
+    print(line, flush=True)
+    return rate
+
+
+def _observables_line(
+    name: str,
+    workload: Workload,
+    rates: dict[tuple[str, str], float],
+    dgemm_gflops: float,
+) -> None:
+    """Time one checkpoint's observables on a host engine and print the line."""
+    seconds = time_observables(name, workload)
+    M = workload.problem.n_members
+    rate = rates.get((name, "float64"), math.nan)
+    fraction = quick_fraction(seconds, M, rate)
+    floor = quick_floor(dgemm_gflops, rate)
+    print(
+        f"observables seconds_per_checkpoint={seconds:.3g} engine={name} "
+        f"models={M} samples={N_TRAIN} "
+        f"fraction_of_quick_training={fraction:.3g} floor_at_dgemm={floor:.3g}",
+        flush=True,
+    )
+
+
+def _simulate_line(
+    args: argparse.Namespace, name: str, workload: Workload, engine_rate: float
+) -> None:
+    """Time :func:`phasearray.simulate` with one engine and print the line."""
+    overall, sgd = time_simulate(name, workload, args.steps)
+    print(
+        f"simulate engine={name} dtype=float64 model_steps_per_s={overall:.4g} "
+        f"sgd_model_steps_per_s={sgd:.4g} ratio_vs_engine={sgd / engine_rate:.3g} "
+        f"models={workload.problem.n_members} steps={args.steps}",
+        flush=True,
+    )
 
 
 def _threads(wanted: int | None) -> int:
@@ -435,5 +560,8 @@ def _threads(wanted: int | None) -> int:
     except ImportError:
         return 1
     if wanted is not None:
-        numba.set_num_threads(min(wanted, numba.config.NUMBA_NUM_THREADS))
-    return numba.get_num_threads()
+        most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        if wanted > most:
+            print(f"--threads {wanted}: this machine runs at most {most}", flush=True)
+        numba.set_num_threads(min(wanted, most))
+    return int(numba.get_num_threads())

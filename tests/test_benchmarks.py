@@ -56,6 +56,10 @@ def test_tiny_run_prints_positive_rates_for_each_engine() -> None:
         assert float(o["fraction_of_quick_training"]) > 0
         assert float(o["floor_at_dgemm"]) > 0
 
+    (simulate,) = [fields(ln) for ln in lines if ln.startswith("simulate ")]
+    assert (simulate["engine"], simulate["models"]) == ("numba", "24")
+    assert float(simulate["model_steps_per_s"]) > 0
+
     machine = fields(next(ln for ln in lines if ln.startswith("machine ")))
     assert float(machine["dgemm_gflops"]) > 0
 
@@ -92,3 +96,64 @@ def test_a_missing_peer_is_reported_as_skipped(tmp_path: Path) -> None:
     assert peer.startswith("engine=peer_torch dtype=float64 skipped (peer script")
     (numba_line,) = [fields(ln) for ln in lines if ln.startswith("engine=numba")]
     assert float(numba_line["model_steps_per_s"]) > 0
+
+
+# A stand-in for peer_torch.py: notes its arguments and thread setting, and
+# prints a fixed rate in the peer's format.
+STUB_PEER = """
+import os, sys
+threads = os.environ.get("OMP_NUM_THREADS", "-")
+with open(sys.argv[0] + ".calls", "a") as calls:
+    print(*sys.argv[1:], f"threads={threads}", file=calls)
+print("peer_torch model_steps_per_s=1000 models=24 steps=50")
+"""
+
+
+def test_the_peer_gets_the_workload_and_sets_the_ratio(tmp_path: Path) -> None:
+    peer = tmp_path / "peer.py"
+    peer.write_text(STUB_PEER)
+    lines = run_benchmarks(
+        "--tiny", "--dtypes", "float64", "--engines", "numba", "--threads", "1",
+        "--no-observables", "--no-simulate", "--peer", str(peer),
+    )  # fmt: skip
+    (call,) = (tmp_path / "peer.py.calls").read_text().splitlines()
+    assert call == "--models 24 --steps 50 --dtype float64 --teachers 10 threads=1"
+    (peer_line,) = [fields(ln) for ln in lines if ln.startswith("engine=peer_torch")]
+    assert float(peer_line["model_steps_per_s"]) == 1000
+    (numba_line,) = [fields(ln) for ln in lines if ln.startswith("engine=numba")]
+    rate, ratio = float(numba_line["model_steps_per_s"]), numba_line["ratio_vs_peer"]
+    assert ratio == f"{rate / 1000:.3g}"
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--engines", "nosuch"), "--engines 'nosuch': unknown ['nosuch']"),
+        (("--dtypes", "float16"), "--dtypes 'float16': unknown ['float16']"),
+    ],
+)
+def test_unknown_engines_and_dtypes_exit_2(option, message) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--no-peer", *option],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2
+    assert result.stdout.startswith(message)
+
+
+def test_simulate_times_the_same_training_as_the_engine() -> None:
+    import phasearray
+    from benchmarks.runner import make_workload
+    from phasearray.engines import get_engine
+
+    workload = make_workload(24)
+    engine = get_engine("numba")
+    state = engine.start(workload.problem, workload.W2)
+    engine.advance(state, 0, 30)
+    ds = phasearray.simulate(
+        **workload.simulate, steps=30, checkpoints=[], engine="numba"
+    )
+    np.testing.assert_array_equal(ds.W2.isel(t=-1).values, state.W2)
