@@ -102,6 +102,10 @@ FLOP_PER_CHECKPOINT = 4 * N_TRAIN * WIDTHS[1] * WIDTHS[2]
 # Steps run before timing, so that compilation and caches are warm.
 WARMUP_STEPS = 20
 
+# Counts of the command line, and those of --tiny (either where not given).
+DEFAULTS = {"models": 1440, "steps": 2000, "peer_steps": 2000, "repeats": 3}
+TINY_DEFAULTS = {"models": 24, "steps": 50, "peer_steps": 50, "repeats": 1}
+
 # Engines whose arrays live on the host, whose observables are timed.
 HOST_ENGINES = ("numba", "numpy")
 
@@ -363,14 +367,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="Time every SGD engine and the PyTorch peer on one workload.",
     )
-    parser.add_argument("--models", type=int, default=1440, help="students (≤ 1440)")
-    parser.add_argument("--steps", type=int, default=2000, help="timed SGD steps")
+    parser.add_argument("--models", type=int, help="students (≤ 1440; 1440)")
+    parser.add_argument("--steps", type=int, help="timed SGD steps (2000)")
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument(
         "--engines", default="all", help="comma-separated names, or all available"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per engine; best is kept"
+        "--repeats", type=int, help="timed runs per engine; best is kept (3)"
     )
     parser.add_argument(
         "--threads",
@@ -379,9 +383,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="threads of the numba engine and of the peer (default: all cores)",
     )
     parser.add_argument("--peer", type=Path, default=None, help="peer_torch.py path")
-    parser.add_argument(
-        "--peer-steps", type=int, default=2000, help="steps of each peer run"
-    )
+    parser.add_argument("--peer-steps", type=int, help="steps of each peer run (2000)")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer")
     parser.add_argument(
         "--no-observables", action="store_true", help="skip the observables timing"
@@ -390,11 +392,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-simulate", action="store_true", help="skip timing phasearray.simulate"
     )
     parser.add_argument(
-        "--tiny", action="store_true", help="24 models, 50 steps: a smoke test"
+        "--tiny",
+        action="store_true",
+        help="a smoke test: by default 24 models, 50 steps, one run each",
     )
     args = parser.parse_args(argv)
-    if args.tiny:
-        args.models, args.steps, args.peer_steps, args.repeats = 24, 50, 50, 1
+    defaults = TINY_DEFAULTS if args.tiny else DEFAULTS
+    for option, value in defaults.items():
+        if getattr(args, option) is None:
+            setattr(args, option, value)
     if not 1 <= args.models <= T_GRID.size * SIGMA_W_GRID.size * SEEDS:
         parser.error(f"--models must be between 1 and 1440, got {args.models}")
     for option in ("steps", "peer_steps", "repeats", "threads"):
@@ -433,9 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = sorted(set(dtypes) - set(DTYPES))
     if unknown or not dtypes:
+        found = f"unknown {unknown}" if unknown else "no dtype named"
         print(
-            f"--dtypes {args.dtypes!r}: unknown {unknown}; choose float64 and/or "
-            "float32",
+            f"--dtypes {args.dtypes!r}: {found}; choose float64 and/or float32",
             flush=True,
         )
         return 2

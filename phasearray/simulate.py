@@ -194,6 +194,8 @@ def _member_arrays(
         raise ConfigError(
             f"{bad[0]}: got {arrays[bad[0]].ndim} dims; must be 2 or 3 (member first)"
         )
+    for name, array in arrays.items():
+        _check_finite(name, array)
     has_member = any(v.ndim == 3 for v in arrays.values())
     M = max(v.shape[0] if v.ndim == 3 else 1 for v in arrays.values())
     for name, array in arrays.items():
@@ -209,7 +211,19 @@ def _member_arrays(
     return out
 
 
+def _check_finite(name: str, array: np.ndarray) -> None:
+    """Refuse NaN and ±inf in an input array, naming the first one."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ConfigError(
+            f"{name}: {int(bad.sum())} entries are NaN or infinite (the first at "
+            f"index {first}: {array[first]}); inputs must be finite"
+        )
+
+
 def _check_widths(arrays: dict[str, Any]) -> None:
+    """The widths n0 … n3 come from the teacher: W1 (n1, n0), W2 (n2, n1), W3 (n3, n2)."""
     n1, n0 = arrays["teacher_W1"].shape[1:]
     n2 = arrays["teacher_W2"].shape[1]
     n3 = arrays["teacher_W3"].shape[1]
@@ -225,7 +239,12 @@ def _check_widths(arrays: dict[str, Any]) -> None:
             continue
         got = arrays[name].shape[1:]
         if any(e is not None and g != e for g, e in zip(got, shape, strict=True)):
-            raise ConfigError(f"{name}: got shape {got}; expected {shape} (None: any)")
+            wanted = ", ".join("any" if e is None else str(e) for e in shape)
+            raise ConfigError(
+                f"{name}: got shape {got}; expected ({wanted}) for the teacher's "
+                f"widths n0 = {n0}, n1 = {n1} (teacher W1 is n1 × n0), n2 = {n2}, "
+                f"n3 = {n3} (the rows of teacher W2 and W3)"
+            )
 
 
 def _problem(

@@ -134,8 +134,30 @@ def test_divergence_is_caught_and_kept_to_its_member(engine) -> None:
         ({"steps": -1}, "steps: got -1"),
         ({"learning_rate": -0.1}, "learning_rate: got -0.1"),
         ({"checkpoints": [5, 3]}, "checkpoints: got \\[5, 3\\]"),
-        ({"W2_init": np.zeros((16, 31))}, "W2_init: got shape"),
+        (
+            {"W2_init": np.zeros((16, 31))},
+            r"W2_init: got shape \(16, 31\); expected \(16, 32\) for the teacher's "
+            "widths n0 = 3, n1 = 32",
+        ),
+        (
+            {"teacher": (np.zeros((32, 4)), np.zeros((16, 32)), np.zeros((1, 16)))},
+            r"x_train: got shape \(400, 3\); expected \(any, 4\) for the teacher's "
+            r"widths n0 = 4, n1 = 32 \(teacher W1 is n1 × n0\)",
+        ),
         ({"learning_rate": [0.1, 0.2]}, "learning_rate: got shape"),
+        (
+            {
+                "x_train": np.where(np.arange(400)[:, None] == 7, np.nan, 1.0)
+                * [1, 1, 1]
+            },
+            r"x_train: 3 entries are NaN or infinite \(the first at index \(7, 0\): "
+            r"nan\); inputs must be finite",
+        ),
+        (
+            {"W2_init": np.full((2, 16, 32), np.inf)},
+            r"W2_init: 1024 entries are NaN or infinite \(the first at index "
+            r"\(0, 0, 0\): inf\)",
+        ),
     ],
 )
 def test_bad_arguments(change, message) -> None:
