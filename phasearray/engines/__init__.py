@@ -104,6 +104,7 @@ def resolve_engine_name(
         if candidate in available and _shape_problem(candidate, shape) is None:
             logger.debug("engine auto: choosing %s", candidate)
             return candidate
+    logger.debug("engine auto: choosing numpy, the reference engine")
     return "numpy"
 
 

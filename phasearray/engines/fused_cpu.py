@@ -216,6 +216,7 @@ class NumbaEngine(Engine):
 
     @staticmethod
     def _contiguous(state: SGDState) -> dict[str, np.ndarray]:
+        """The state's arrays in C order, as the kernels index them flat."""
         return {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
 
 

@@ -69,6 +69,7 @@ TILE_SAMPLES = 64
 
 @njit(inline="always")
 def _store_activated(z, H, P, start, code, tables):
+    """H[start:] = φ(z), P[start:] = φ'(z) for one vector z."""
     h, p = _activation(z, code, tables, True)
     _vstore(H, start, h)
     _vstore(P, start, p)
@@ -416,6 +417,7 @@ def _test_unit(W2, phi1, y, W3, phi2_0, members, dims, code, tables, out):
 
 @njit(parallel=True, fastmath=False, cache=True)
 def _train_units(W2, phi1, y, W3, units, code, scalars, even, odd, loss, grad_norm):
+    """:func:`_train_unit` for every work unit, in parallel; fills loss, grad_norm."""
     unit_stream, unit_start, unit_members = units
     dims = _layout(W2, W3)
     for u in prange(unit_stream.size):
@@ -428,6 +430,7 @@ def _train_units(W2, phi1, y, W3, units, code, scalars, even, odd, loss, grad_no
 
 @njit(parallel=True, fastmath=False, cache=True)
 def _test_units(W2, phi1, y, W3, phi2_0, units, code, scalars, even, odd, out):
+    """:func:`_test_unit` for every work unit, in parallel; fills out (3, M)."""
     unit_stream, unit_start, unit_members = units
     dims = _layout(W2, W3)
     for u in prange(unit_stream.size):
