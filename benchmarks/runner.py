@@ -457,19 +457,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     rates: dict[tuple[str, str], float] = {}
+    workloads = {d: make_workload(args.models, d) for d in {*dtypes, "float64"}}
     for dtype in dtypes:
-        workload = make_workload(args.models, dtype)
+        workload = workloads[dtype]
         peer = _peer_line(args, workload, dtype, gflops[dtype], threads)
         for name in names:
             rates[name, dtype] = _engine_line(args, name, workload, peer, gflops)
 
-    host = [n for n in names if n in HOST_ENGINES]
-    if not args.no_observables and host:
-        workload = make_workload(args.models, "float64")
-        for name in host:
+    workload = workloads["float64"]
+    if not args.no_observables:
+        for name in [n for n in names if n in HOST_ENGINES]:
             _observables_line(name, workload, rates, gflops["float64"])
     if not args.no_simulate and "float64" in dtypes:
-        workload = make_workload(args.models, "float64")
         for name in [n for n in names if n in SIMULATE_ENGINES]:
             _simulate_line(args, name, workload, rates[name, "float64"])
     return 0
