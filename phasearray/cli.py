@@ -463,7 +463,8 @@ def _info_lines(summary: dict[str, Any]) -> list[str]:
         f"training     {p.train.steps} steps, batch {p.train.batch_size}, "
         f"{p.train.schedule}, {p.train.dtype}, {p.model.activation}",
         f"checkpoints  {n_t} (t = 0 … {p.train.steps})",
-        f"engine       {attrs.get('engine')}   created {attrs.get('created')}   "
+        f"engine       {', then '.join(attrs.get('engines', [attrs.get('engine')]))}"
+        f"   created {attrs.get('created')}   "
         f"phasearray {attrs.get('phasearray_version')} ({attrs.get('git_revision', '')[:10]})",
         f"size         {summary['bytes'] / 2**20:.1f} MiB on disk",
         f"completion   {int((done == n_t).sum())} of {done.size} blocks complete"

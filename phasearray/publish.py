@@ -401,6 +401,7 @@ def _data_card(meta: _Metadata, zip_path: Path, ds: xr.Dataset) -> str:
         for name, var in sorted(ds.data_vars.items())
     ]
     creators = "; ".join(meta.creators)
+    engines = ", then ".join(ds.attrs.get("engines", [ds.attrs.get("engine")]))
     return f"""# {meta.title}
 
 {meta.description}
@@ -447,7 +448,7 @@ The temperature is T = learning_rate / batch_size; `seed` indexes the ensemble.
 
 - made by phasearray {meta.store_version}, bundled by phasearray {meta.version}
 - pipeline `{meta.pipeline_name}`, fingerprint `{meta.fingerprint}`
-- engine `{ds.attrs.get("engine")}`, git revision `{ds.attrs.get("git_revision")}`
+- engine `{engines}`, git revision `{ds.attrs.get("git_revision")}`
 - created {meta.created}
 
 The pipeline that made the store, in full:

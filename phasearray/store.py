@@ -501,6 +501,29 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
     return attrs
 
 
+def record_engine(path: str | Path, engine_name: str) -> list[str]:
+    """Add an engine to the store's ``engines`` attribute, in order of first use.
+
+    ``engine`` keeps the engine the store was started with; ``engines`` is
+    written once a resume trains with another, so that a store trained by two
+    engines says so. zarr writes the attributes file whole (to a temporary
+    file, then renamed), so a crash here leaves the old one.
+
+    Returns
+    -------
+    list of str
+        Every engine that has trained in the store, first the one it started
+        with.
+    """
+    attrs = read_attrs(path)
+    engines = list(attrs.get("engines", [attrs.get("engine")]))
+    if engine_name not in engines:
+        engines.append(engine_name)
+        group = zarr.open_group(Path(path), mode="r+", zarr_format=3)
+        group.attrs.update({"engines": engines})
+    return engines
+
+
 def read_pipeline(path: str | Path) -> Pipeline:
     """The pipeline a store was made from."""
     text = read_attrs(path)["pipeline"]

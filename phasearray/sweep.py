@@ -34,6 +34,7 @@ from .store import (
     completion,
     create_store,
     read_attrs,
+    record_engine,
     stored_blocks,
 )
 
@@ -113,6 +114,7 @@ def run_sweep(
     )
     if todo:
         check_store_writable(path)
+        record_engine(path, engine_name)
 
     if client is None:
         for block in todo:

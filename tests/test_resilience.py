@@ -21,6 +21,7 @@ from test_cli import sets, tree_digest
 import phasearray as pa
 from phasearray.cli import main
 from phasearray.config import load_pipeline
+from phasearray.store import read_attrs
 
 
 def assert_same_store(a: Path, b: Path) -> None:
@@ -514,7 +515,7 @@ def test_plot_of_an_incomplete_store_says_so(interrupted: Path, capsys) -> None:
     assert (figures / "fig2_test_loss_map.png").is_file()
 
 
-def test_resume_with_another_engine_warns(tmp_path: Path) -> None:
+def test_resume_with_another_engine_warns_and_is_recorded(tmp_path: Path, capsys):
     from phasearray.errors import PhasearrayWarning
 
     store = tmp_path / "e.zarr"
@@ -522,8 +523,16 @@ def test_resume_with_another_engine_warns(tmp_path: Path) -> None:
     stop = interrupt_after(2)
     with pytest.raises(KeyboardInterrupt):
         pa.run_sweep(pipeline, store, progress=stop)
+    assert "engines" not in read_attrs(store)  # one engine so far
     with pytest.warns(PhasearrayWarning, match="started with engine 'numpy'"):
         pa.run_sweep(pipeline, store, engine="numba")
+    attrs = read_attrs(store)
+    assert (attrs["engine"], attrs["engines"]) == ("numpy", ["numpy", "numba"])
+    assert main(["info", str(store)]) == 0
+    assert "engine       numpy, then numba   created" in capsys.readouterr().out
+
+    pa.run_sweep(pipeline, store, engine="numpy")  # complete: trains nothing more
+    assert read_attrs(store)["engines"] == ["numpy", "numba"]
 
 
 @pytest.mark.parametrize("workers", ["0", "-3", "1000"])
