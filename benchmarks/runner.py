@@ -177,9 +177,11 @@ def time_engine(
     """Model-steps per wall-clock second and per CPU second of this process.
 
     Timed after a warm-up, with the device synchronised; the best of
-    ``repeats`` runs of ``steps`` steps each. The CPU-time rate does not drop
-    when other processes share the cores; on an idle machine it is the
-    wall-clock rate divided by the threads kept busy.
+    ``repeats`` runs of ``steps`` steps each. The CPU-time rate counts the
+    CPU time of every thread of this process, idle-spinning BLAS and Numba
+    workers included, so it does not drop when other processes share the
+    cores; on an idle machine it is about the wall-clock rate divided by the
+    threads kept busy. Over the milliseconds of ``--tiny`` it is noise.
     """
     engine = get_engine(name)
     state = engine.start(workload.problem, workload.W2)
@@ -369,7 +371,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--models", type=int, help="students (≤ 1440; 1440)")
     parser.add_argument("--steps", type=int, help="timed SGD steps (2000)")
-    parser.add_argument("--dtypes", default="float64,float32")
+    parser.add_argument(
+        "--dtypes", default="float64,float32", help="comma-separated (float64,float32)"
+    )
     parser.add_argument(
         "--engines", default="all", help="comma-separated names, or all available"
     )
@@ -423,9 +427,8 @@ def engine_names(choice: str) -> list[str] | None:
     unknown = [n for n in names if n not in ENGINES or n == "auto"]
     if unknown or not names:
         allowed = ", ".join(e for e in ENGINES if e != "auto")
-        print(
-            f"--engines {choice!r}: unknown {unknown}; choose all or some of {allowed}"
-        )
+        found = f"unknown {unknown}" if unknown else "no engine named"
+        print(f"--engines {choice!r}: {found}; choose all or some of {allowed}")
         return None
     for name in names:
         if name not in available:

@@ -159,7 +159,7 @@ def _check_int(field: str, value: Any, low: int, high: int | None) -> None:
     ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
     if not ok or value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"{field}: got {value!r}; must be an integer {bound}")
+        raise ConfigError(f"{field}: got {value!r}; must be an integer in {bound}")
 
 
 def _per_member(field: str, value: Any, M: int, kind: type) -> np.ndarray:
@@ -188,7 +188,7 @@ def _member_arrays(
     }
     if x_test is not None:
         named["x_test"] = x_test
-    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in named.items()}
+    arrays = {k: _float_array(k, v) for k, v in named.items()}
     bad = [k for k, v in arrays.items() if v.ndim not in (2, 3)]
     if bad:
         raise ConfigError(
@@ -209,6 +209,17 @@ def _member_arrays(
     out["has_member"] = has_member
     out["per_member"] = {k for k, v in arrays.items() if v.ndim == 3}
     return out
+
+
+def _float_array(name: str, value: Any) -> np.ndarray:
+    """``value`` as a float64 array, or a ConfigError naming the field."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"{name}: got a {type(value).__name__} that is not an array of numbers "
+            f"({error})"
+        ) from None
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:
@@ -240,10 +251,14 @@ def _check_widths(arrays: dict[str, Any]) -> None:
         got = arrays[name].shape[1:]
         if any(e is not None and g != e for g, e in zip(got, shape, strict=True)):
             wanted = ", ".join("any" if e is None else str(e) for e in shape)
+            teacher = ", ".join(
+                f"{k[-2:]} {arrays[k].shape[1:]}"
+                for k in ("teacher_W1", "teacher_W2", "teacher_W3")
+            )
             raise ConfigError(
                 f"{name}: got shape {got}; expected ({wanted}) for the teacher's "
-                f"widths n0 = {n0}, n1 = {n1} (teacher W1 is n1 × n0), n2 = {n2}, "
-                f"n3 = {n3} (the rows of teacher W2 and W3)"
+                f"widths n0 = {n0}, n1 = {n1}, n2 = {n2}, n3 = {n3}, read from "
+                f"teacher {teacher} (n1 × n0, n2 × n1, n3 × n2): one of them is wrong"
             )
 
 

@@ -130,7 +130,7 @@ def test_divergence_is_caught_and_kept_to_its_member(engine) -> None:
         ({"activation": "sigmoid"}, "activation: got 'sigmoid'"),
         ({"dtype": "float16"}, "dtype: got 'float16'"),
         ({"batch_size": 0}, "batch_size: got 0"),
-        ({"batch_size": 401}, r"batch_size: got 401; must be an integer \[1, 400\]"),
+        ({"batch_size": 401}, r"batch_size: got 401; must be an integer in \[1, 400\]"),
         ({"steps": -1}, "steps: got -1"),
         ({"learning_rate": -0.1}, "learning_rate: got -0.1"),
         ({"checkpoints": [5, 3]}, "checkpoints: got \\[5, 3\\]"),
@@ -142,9 +142,12 @@ def test_divergence_is_caught_and_kept_to_its_member(engine) -> None:
         (
             {"teacher": (np.zeros((32, 4)), np.zeros((16, 32)), np.zeros((1, 16)))},
             r"x_train: got shape \(400, 3\); expected \(any, 4\) for the teacher's "
-            r"widths n0 = 4, n1 = 32 \(teacher W1 is n1 × n0\)",
+            r"widths n0 = 4, n1 = 32, n2 = 16, n3 = 1, read from teacher W1 \(32, 4\), "
+            r"W2 \(16, 32\), W3 \(1, 16\) \(n1 × n0, n2 × n1, n3 × n2\): one of them "
+            "is wrong",
         ),
         ({"learning_rate": [0.1, 0.2]}, "learning_rate: got shape"),
+        ({"x_train": "abc"}, "x_train: got a str that is not an array of numbers"),
         (
             {
                 "x_train": np.where(np.arange(400)[:, None] == 7, np.nan, 1.0)
