@@ -16,7 +16,7 @@ Tolerances, all relative to the largest |W2| entry of each member:
   5 steps in hot cells (measured ≤ 5.2e-5; 6e-3 after 10 steps at T = 64).
 - hot cells after 1e4 steps, float64 and float32: ensemble statistics over 96
   seeds (time-averaged log loss and log |W2|², paired Wilcoxon test at the
-  1e-3 level), a test that tells T from 1.25 T.
+  1e-4 level, mean log |W2|² within 0.08), a test that tells T from 1.25 T.
 """
 
 from __future__ import annotations
@@ -233,9 +233,11 @@ def test_hot_cell_ensemble_statistics_match_numpy(schedule, T, sigma_W, dtype):
     # have decorrelated, their statistics have not. Per seed (same teacher and
     # W2(0)), the time-averaged log loss and log |W2|² of the numba engine
     # minus those of the float64 NumPy engine: a Wilcoxon signed-rank test
-    # must not reject equality at the 1e-3 level (p ≥ 0.07 measured), and the
-    # mean log-norm difference stays under 0.05 (≤ 0.03 measured). The same
-    # test tells T from 1.25 T (next test).
+    # must not reject equality at the 1e-4 level (p ≥ 0.07 measured), and the
+    # mean log-norm difference stays under 0.08 (≤ 0.03 measured; its standard
+    # error is 0.018, so 0.08 is 4.4 of them: another machine's BLAS, which
+    # changes every chaotic trajectory, fails it in ~1e-5 of draws). T × 1.25
+    # moves it by 0.3–0.45 (next test).
     from scipy.stats import wilcoxon
 
     problem, W2 = grid_problem(schedule, "tanh", [T], [sigma_W], seeds=96)
@@ -243,9 +245,9 @@ def test_hot_cell_ensemble_statistics_match_numpy(schedule, T, sigma_W, dtype):
     problem = SGDProblem(**{**problem.__dict__, "dtype": dtype})
     loss, norm = time_averaged("numba", problem, W2)
     assert np.isfinite(reference).all() and np.isfinite(loss).all()
-    assert wilcoxon(loss, reference[0]).pvalue > 1e-3
-    assert wilcoxon(norm, reference[1]).pvalue > 1e-3
-    assert abs(np.mean(norm - reference[1])) < 0.05
+    assert wilcoxon(loss, reference[0]).pvalue > 1e-4
+    assert wilcoxon(norm, reference[1]).pvalue > 1e-4
+    assert abs(np.mean(norm - reference[1])) < 0.08
 
 
 def test_hot_cell_ensemble_statistics_tell_a_25_percent_change_of_T() -> None:
