@@ -88,6 +88,13 @@ def simulate(
         unit0) and ``W3`` (member, t, unit3, unit2) where they train; the
         ``member`` dim is dropped when no input had one.
 
+    Raises
+    ------
+    ConfigError
+        An argument outside what is allowed, naming it: an unknown choice, a
+        count out of range, arrays whose shapes disagree with the teacher's
+        widths, or an input array with NaN or infinite entries.
+
     Examples
     --------
     >>> import numpy as np
