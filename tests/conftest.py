@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from phasearray.engines import SGDProblem
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AUTHORS_CASE = SHARED / "cases" / "phase_ml_tanh_T0.125_sigma0.5.npz"
@@ -22,6 +25,15 @@ def authors_case() -> dict[str, np.ndarray]:
         pytest.skip(message)
     with np.load(AUTHORS_CASE) as data:
         return {name: data[name] for name in data.files}
+
+
+def members_of(problem: SGDProblem, members: np.ndarray) -> SGDProblem:
+    """The same SGD problem for some of its members (their streams and ε)."""
+    return replace(
+        problem,
+        member_stream=problem.member_stream[members],
+        learning_rate=problem.learning_rate[members],
+    )
 
 
 def tiny_overrides(**extra: str) -> list[str]:

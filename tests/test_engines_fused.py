@@ -22,11 +22,13 @@ Tolerances, all relative to the largest |W2| entry of each member:
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
+from conftest import members_of
 
 from phasearray import observables as obs
 from phasearray.activations import activate
@@ -187,7 +189,7 @@ def test_float32_follows_the_float64_reference(schedule: str, activation: str) -
     T = [2.0**-5] if activation == "identity" else [2.0**-5, 0.125]
     problem, W2 = grid_problem(schedule, activation, T, [0.125, 64.0])
     reference = run("numpy", problem, W2, 100)
-    problem32 = SGDProblem(**{**problem.__dict__, "dtype": "float32"})
+    problem32 = replace(problem, dtype="float32")
     W2_32 = run("numba", problem32, W2, 100)
     assert W2_32.dtype == np.float32
     assert_close_per_member(W2_32.astype(np.float64), reference, 1e-4)
@@ -198,7 +200,7 @@ def test_float32_follows_the_float64_reference_in_hot_cells(activation: str) -> 
     # 5 steps: after 10, one float32 rounding has grown to 6e-3 at T = 64
     problem, W2 = grid_problem("shuffle", activation, HOT_T, [0.125, 1.0, 64.0])
     reference = run("numpy", problem, W2, 5)
-    problem32 = SGDProblem(**{**problem.__dict__, "dtype": "float32"})
+    problem32 = replace(problem, dtype="float32")
     W2_32 = run("numba", problem32, W2, 5)
     assert_close_per_member(W2_32.astype(np.float64), reference, 1e-4)
 
@@ -242,7 +244,7 @@ def test_hot_cell_ensemble_statistics_match_numpy(schedule, T, sigma_W, dtype):
 
     problem, W2 = grid_problem(schedule, "tanh", [T], [sigma_W], seeds=96)
     reference = time_averaged("numpy", problem, W2)
-    problem = SGDProblem(**{**problem.__dict__, "dtype": dtype})
+    problem = replace(problem, dtype=dtype)
     loss, norm = time_averaged("numba", problem, W2)
     assert np.isfinite(reference).all() and np.isfinite(loss).all()
     assert wilcoxon(loss, reference[0]).pvalue > 1e-4
@@ -257,9 +259,7 @@ def test_hot_cell_ensemble_statistics_tell_a_25_percent_change_of_T() -> None:
 
     problem, W2 = grid_problem("iid", "tanh", [4.0], [1.0], seeds=96)
     reference = time_averaged("numpy", problem, W2)
-    hotter = SGDProblem(
-        **{**problem.__dict__, "learning_rate": problem.learning_rate * 1.25}
-    )
+    hotter = replace(problem, learning_rate=problem.learning_rate * 1.25)
     _, norm = time_averaged("numba", hotter, W2)
     assert wilcoxon(norm, reference[1]).pvalue < 1e-6
     assert np.mean(norm - reference[1]) > 0.2
@@ -290,13 +290,7 @@ def test_block_split_and_thread_count_are_bit_identical(dtype, widths) -> None:
         np.arange(37),
         np.array([11]),
     ):
-        sub = SGDProblem(
-            **{
-                **problem.__dict__,
-                "member_stream": problem.member_stream[members],
-                "learning_rate": problem.learning_rate[members],
-            }
-        )
+        sub = members_of(problem, members)
         np.testing.assert_array_equal(
             run("numba", sub, W2[members], 300), whole[members]
         )
@@ -336,13 +330,7 @@ def test_diverging_members_leave_the_others_untouched(activation: str) -> None:
         assert not np.isfinite(together[2]).all()
 
     calm = np.array([0, 1])
-    alone = SGDProblem(
-        **{
-            **problem.__dict__,
-            "member_stream": problem.member_stream[calm],
-            "learning_rate": problem.learning_rate[calm],
-        }
-    )
+    alone = members_of(problem, calm)
     np.testing.assert_array_equal(run("numba", alone, W2[calm], 200), together[calm])
     assert np.isfinite(together[calm]).all()
 
@@ -400,13 +388,7 @@ def test_block_split_and_resume_on_every_path(activation, batch_size, n3) -> Non
     )
     whole = run("numba", problem, W2, 250)
     members = np.arange(1, 18, 3)
-    sub = SGDProblem(
-        **{
-            **problem.__dict__,
-            "member_stream": problem.member_stream[members],
-            "learning_rate": problem.learning_rate[members],
-        }
-    )
+    sub = members_of(problem, members)
     np.testing.assert_array_equal(run("numba", sub, W2[members], 250), whole[members])
 
     engine = get_engine("numba")
@@ -455,14 +437,7 @@ def test_train_observables_match_the_observables_module(activation, widths) -> N
 
     # float32, on the two members at T = 2^-5 (the others may exceed its range)
     calm = np.array([0, 1])
-    problem32 = SGDProblem(
-        **{
-            **problem.__dict__,
-            "member_stream": stream[calm],
-            "learning_rate": problem.learning_rate[calm],
-            "dtype": "float32",
-        }
-    )
+    problem32 = replace(members_of(problem, calm), dtype="float32")
     loss32, norm32 = engine.train_observables(engine.start(problem32, state.W2[calm]))
     assert loss32.dtype == np.float32
     # float32 sums of 402 terms: ~√402 ε32 relative (measured ≤ 2e-6). Floors
@@ -539,17 +514,13 @@ def test_test_observables_match_the_observables_module(activation, widths) -> No
     # ~10³ float32 terms, ~√(10³) ε32 relative (measured ≤ 2e-5), and ~10 ε32
     # absolute where an overlap or alignment (both ≤ 1 in size) is near zero
     calm = np.flatnonzero(problem.learning_rate == problem.learning_rate.min())
-    fields = {
-        "member_stream": problem.member_stream[calm],
-        "learning_rate": problem.learning_rate[calm],
-    }
-    problem32 = SGDProblem(**{**problem.__dict__, **fields, "dtype": "float32"})
+    problem64 = members_of(problem, calm)
+    problem32 = replace(problem64, dtype="float32")
     state32 = engine.start(problem32, state.W2[calm])
     test_calm = {**test, "phi2_initial": test["phi2_initial"][calm]}
     got32 = engine.test_observables(
         state32, {k: v.astype(np.float32) for k, v in test_calm.items()}
     )
-    problem64 = SGDProblem(**{**problem.__dict__, **fields})
     state64 = engine.start(problem64, state32.W2.astype(np.float64))
     expected64 = Engine.test_observables(engine, state64, test_calm)
     for name in ("test_loss", "feature_overlap", "alignment"):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import members_of
 
 from phasearray.activations import activate
 from phasearray.cli import main
@@ -331,13 +332,7 @@ def test_emulated_kernel_is_bit_identical_across_splits(host_kernels) -> None:
 
     # a smaller block: other students in the thread block change nothing
     members = np.array([1, 4, 7])
-    sub = SGDProblem(
-        **{
-            **problem.__dict__,
-            "member_stream": problem.member_stream[members],
-            "learning_rate": problem.learning_rate[members],
-        }
-    )
+    sub = members_of(problem, members)
     alone = train(engine, sub, W2[members], 120)
     np.testing.assert_array_equal(resumed, whole)
     np.testing.assert_array_equal(alone, whole[members])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from conftest import members_of
 
 from phasearray.engines import SGDProblem, get_engine
 from phasearray.ensemble import make_ensemble, stream_key, teacher_outputs
@@ -94,13 +97,7 @@ def test_block_split_is_bit_identical() -> None:
     whole = engine.start(problem, W2)
     engine.advance(whole, 0, 200)
     for members in (np.array([0, 1]), np.array([2, 3, 4, 5]), np.array([5])):
-        sub = SGDProblem(
-            **{
-                **problem.__dict__,
-                "member_stream": problem.member_stream[members],
-                "learning_rate": problem.learning_rate[members],
-            }
-        )
+        sub = members_of(problem, members)
         part = engine.start(sub, W2[members])
         engine.advance(part, 0, 120)
         engine.advance(part, 120, 200)  # and a resume point in the middle
@@ -111,7 +108,7 @@ def test_float32_follows_float64_within_its_precision() -> None:
     problem, W2 = small_problem("iid", "tanh", [0.1, 0.4])
     engine = get_engine("numpy")
     s64 = engine.start(problem, W2)
-    s32 = engine.start(SGDProblem(**{**problem.__dict__, "dtype": "float32"}), W2)
+    s32 = engine.start(replace(problem, dtype="float32"), W2)
     engine.advance(s64, 0, 100)
     engine.advance(s32, 0, 100)
     assert s32.W2.dtype == np.float32
