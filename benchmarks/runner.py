@@ -58,6 +58,7 @@ in ``--tiny``); ``ratio_vs_engine`` compares it with the engine's own line.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
 import os
@@ -73,6 +74,7 @@ from typing import Any
 import numpy as np
 
 from phasearray import observables as obs
+from phasearray import simulate
 from phasearray.checkpoint import checkpoint_observables
 from phasearray.config import ENGINES, load_pipeline
 from phasearray.engines import SGDProblem, available_engines, get_engine
@@ -274,15 +276,12 @@ def time_simulate(
         and n only; ``sgd`` is nan where t(2S) − t(S) < t(S) / 10, too small
         against the run-to-run spread of the rest of the call to measure.
     """
-    import phasearray
 
     def best_seconds(n: int) -> float:
         best = math.inf
         for _ in range(repeats):
             start = time.perf_counter()
-            phasearray.simulate(
-                **workload.simulate, steps=n, checkpoints=[], engine=name
-            )
+            simulate(**workload.simulate, steps=n, checkpoints=[], engine=name)
             best = min(best, time.perf_counter() - start)
         return best
 
@@ -309,9 +308,7 @@ def quick_fraction(seconds: float, models: int, rate: float) -> float:
         n_checkpoints · seconds · rate / (steps · models), with quick.yaml's
         checkpoints and steps; ``nan`` where ``rate`` is.
     """
-    quick = load_pipeline("quick")
-    checkpoints, steps = len(quick.checkpoints), quick.train.steps
-    return checkpoints * seconds * rate / (steps * models)
+    return _quick_checkpoints_per_step() * seconds * rate / models
 
 
 def quick_floor(gflops: float, rate: float) -> float:
@@ -331,9 +328,15 @@ def quick_floor(gflops: float, rate: float) -> float:
         the training-set products of every checkpoint at the matmul rate, over
         the training time at ``rate``; ``nan`` where ``rate`` is.
     """
+    flop_rate = gflops * 1e9
+    return _quick_checkpoints_per_step() * FLOP_PER_CHECKPOINT * rate / flop_rate
+
+
+@functools.cache
+def _quick_checkpoints_per_step() -> float:
+    """Checkpoints per SGD step of ``pipelines/quick.yaml`` (30 in 1e5)."""
     quick = load_pipeline("quick")
-    checkpoints, steps = len(quick.checkpoints), quick.train.steps
-    return checkpoints * FLOP_PER_CHECKPOINT * rate / (gflops * 1e9 * steps)
+    return len(quick.checkpoints) / quick.train.steps
 
 
 def matmul_gflops(dtype: str, n: int = 1500, repeats: int = 3) -> float:
